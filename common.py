@@ -1,0 +1,228 @@
+"""
+What pre-training and fine-tuning share, each in one place: the configurator, command-line
+errors, device choice, the tokenizer, the local data mirror, checkpoint I/O, LR schedules and
+the MFU peak table.
+"""
+import ast
+import os
+import sys
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent
+
+
+class UsageError(Exception):
+    """Bad input from the user: reported as one line, never as a traceback."""
+
+
+def run_cli(main):
+    """Run main(sys.argv[1:]); a UsageError becomes 'error: ...' on stderr and exit code 2."""
+    try:
+        main(sys.argv[1:])
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+# -----------------------------------------------------------------------------
+# configurator: nanoGPT's ergonomics (config files + --key=value) without exec'ing into globals
+
+
+def _coerce(key, raw, default):
+    """Parse `raw` as a Python literal and check it against the type of `default`."""
+    try:
+        value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        value = raw  # a bare word is a string
+    if isinstance(default, bool):
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            value = value.lower() == "true"
+        if not isinstance(value, bool):
+            raise UsageError(f"--{key} must be True or False, got {raw!r}")
+        return value
+    if default is None:  # optional keys take whatever literal was given
+        return value
+    if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if isinstance(default, str) and not isinstance(value, str):
+        value = raw
+    if type(value) is not type(default):
+        raise UsageError(f"--{key} must be {type(default).__name__}, got {raw!r}")
+    return value
+
+
+def parse_config(defaults, argv):
+    """
+    Returns (config, overrides). argv holds config files (plain Python assignments, applied in
+    order) and --key=value overrides; every key must already exist in `defaults`.
+    `overrides` names the keys the user set, so a resumed run can take the rest from its checkpoint.
+    """
+    config, overrides = dict(defaults), {}
+    for arg in argv:
+        if not arg.startswith("--"):
+            path = Path(arg)
+            if not path.is_file():
+                raise UsageError(f"config file not found: {arg}")
+            scope = {}
+            exec(path.read_text(), {}, scope)
+            for key, value in scope.items():
+                if key.startswith("_"):
+                    continue
+                if key not in defaults:
+                    raise UsageError(f"unknown config key {key!r} in {arg}")
+                overrides[key] = _coerce(key, repr(value), defaults[key])
+        else:
+            key, eq, raw = arg[2:].partition("=")
+            if not eq:
+                raise UsageError(f"expected --key=value, got {arg!r}")
+            if key not in defaults:
+                raise UsageError(f"unknown config key {key!r}")
+            overrides[key] = _coerce(key, raw, defaults[key])
+    config.update(overrides)
+    return config, overrides
+
+
+def check(condition, message):
+    if not condition:
+        raise UsageError(message)
+
+
+# -----------------------------------------------------------------------------
+# devices, precision and the peak-FLOPs table for MFU
+
+
+def pick_device(name="auto"):
+    if name == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    check(name.split(":")[0] in ("cpu", "cuda", "mps"), f"unknown device {name!r} (auto, cpu, cuda, mps)")
+    if name.startswith("cuda"):
+        check(torch.cuda.is_available(), "--device=cuda but no CUDA device is available")
+    return name
+
+
+def autocast(device):
+    """bf16 autocast on CUDA; full fp32 elsewhere (CPU bf16 matmuls are slow without AMX)."""
+    if device.startswith("cuda"):
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+# dense bf16 tensor-core peaks, FLOP/s, by a substring of torch.cuda.get_device_name()
+PEAK_FLOPS = [
+    ("H100 PCIe", 756e12), ("H100", 989e12), ("H200", 989e12), ("H800", 989e12),
+    ("GH200", 989e12), ("B200", 2250e12), ("A100", 312e12), ("A800", 312e12),
+    ("L40S", 362e12), ("L4", 121e12), ("A10", 125e12), ("RTX 4090", 165e12),
+    ("RTX 3090", 71e12), ("V100", 125e12),
+]
+
+
+def peak_flops(device):
+    """The device's peak, or None when unknown (then MFU is omitted rather than guessed)."""
+    if not str(device).startswith("cuda"):
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, peak in PEAK_FLOPS:
+        if key in name:
+            return peak
+    return None
+
+
+# -----------------------------------------------------------------------------
+# tokenizer and the local mirror of public data
+
+
+def get_tokenizer():
+    """GPT-2 BPE via tiktoken (offline when TIKTOKEN_CACHE_DIR holds its cached files)."""
+    import tiktoken
+    try:
+        return tiktoken.get_encoding("gpt2")
+    except Exception as e:  # tiktoken raises plain exceptions when the download fails
+        raise UsageError(f"cannot load the GPT-2 tokenizer ({type(e).__name__}); "
+                         "set TIKTOKEN_CACHE_DIR to a folder with its cached files") from e
+
+
+def mirror_file(relpath):
+    """Path of `relpath` inside $SPDF_DATA_MIRROR (laid out like ../shared/data), or None."""
+    root = os.environ.get("SPDF_DATA_MIRROR")
+    if root and (Path(root) / relpath).exists():
+        return Path(root) / relpath
+    return None
+
+
+def fetch(url, relpath, cache_dir):
+    """The mirror's copy of `relpath` if there is one, else download `url` into cache_dir once."""
+    local = mirror_file(relpath)
+    if local is not None:
+        return local
+    dest = Path(cache_dir) / Path(relpath).name
+    if not dest.exists():
+        import urllib.request
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        print(f"downloading {url}")
+        tmp = dest.with_suffix(dest.suffix + ".part")
+        try:
+            urllib.request.urlretrieve(url, tmp)
+        except OSError as e:
+            raise UsageError(f"cannot download {url} ({e}); set SPDF_DATA_MIRROR to a local copy") from e
+        os.replace(tmp, dest)
+    return dest
+
+
+# -----------------------------------------------------------------------------
+# checkpoints: written atomically, so a crash mid-save never destroys the previous one
+
+
+def save_checkpoint(obj, path):
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path):
+    """Load `path`, or `path/ckpt.pt` when given an out_dir. Errors are one line."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "ckpt.pt"
+    check(path.is_file(), f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise UsageError(f"cannot read checkpoint {path}: {type(e).__name__}") from e
+    check(isinstance(ckpt, dict) and "model" in ckpt and "model_config" in ckpt,
+          f"{path} is not an spdf checkpoint (no 'model'/'model_config')")
+    return ckpt
+
+
+# -----------------------------------------------------------------------------
+# learning-rate schedules
+
+
+def cosine_lr(it, max_lr, warmup_iters, decay_iters, min_lr_ratio=0.1):
+    """Linear warm-up, then cosine decay to min_lr_ratio * max_lr (the paper: 10% of peak)."""
+    import math
+    if it < warmup_iters:
+        return max_lr * (it + 1) / warmup_iters
+    if it >= decay_iters:
+        return max_lr * min_lr_ratio
+    progress = (it - warmup_iters) / max(1, decay_iters - warmup_iters)
+    coeff = 0.5 * (1.0 + math.cos(math.pi * progress))
+    return max_lr * (min_lr_ratio + coeff * (1.0 - min_lr_ratio))
+
+
+def linear_lr(it, max_lr, warmup_iters, total_iters):
+    """Linear warm-up, then linear decay to 0 at total_iters (the fine-tuning schedule)."""
+    if it < warmup_iters:
+        return max_lr * (it + 1) / warmup_iters
+    return max_lr * max(0.0, (total_iters - it) / max(1, total_iters - warmup_iters))

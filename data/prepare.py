@@ -1,0 +1,183 @@
+"""
+Pre-training corpora as nanoGPT-format token files: data/<name>/train.bin and val.bin, uint16
+GPT-2 tokens, each document followed by <|endoftext|>. Everything streams: documents are read,
+tokenized and appended in batches, so no corpus ever has to fit in memory.
+
+  python data/prepare.py shakespeare                  # tinyshakespeare, the default (338k tokens)
+  python data/prepare.py enwiki                       # WikiExtractor text (*.txt or *.txt.xz)
+  python data/prepare.py wikinews                     # Wikinews JSON lines
+  python data/prepare.py pile --files=a.jsonl.zst,... # Pile-style JSON lines with a "text" field
+
+Sources come from $SPDF_DATA_MIRROR when it holds them, else from the public address, or from
+--files. Documents go to val.bin one in `val_every` (deterministic, so re-runs agree).
+"""
+import io
+import json
+import lzma
+import os
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from common import UsageError, check, fetch, get_tokenizer, mirror_file, run_cli  # noqa: E402
+
+DATA_DIR = Path(__file__).resolve().parent
+SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
+PILE_URL = "https://huggingface.co/datasets/monology/pile-uncopyrighted/resolve/main/{}"
+
+
+def open_text(path):
+    """A text stream over a plain, .xz or .zst file."""
+    path = str(path)
+    if path.endswith(".xz"):
+        return lzma.open(path, "rt", encoding="utf-8")
+    if path.endswith(".zst"):
+        import zstandard
+        raw = zstandard.ZstdDecompressor().stream_reader(open(path, "rb"))
+        return io.TextIOWrapper(raw, encoding="utf-8")
+    return open(path, encoding="utf-8")
+
+
+def shakespeare_docs(files):
+    """tinyshakespeare is one text: its first 90% trains, the last 10% validates (as nanoGPT)."""
+    path = files[0] if files else fetch(SHAKESPEARE_URL, "pretrain/tinyshakespeare/input.txt",
+                                        DATA_DIR / "shakespeare")
+    text = Path(path).read_text(encoding="utf-8")
+    cut = int(0.9 * len(text))
+    yield "train", text[:cut]
+    yield "val", text[cut:]
+
+
+def wikiextractor_docs(files):
+    """WikiExtractor output: <doc ...> title line, paragraphs, </doc>."""
+    for path in files:
+        with open_text(path) as f:
+            lines = []
+            for line in f:
+                if line.startswith("<doc "):
+                    lines = []
+                elif line.startswith("</doc>"):
+                    text = "".join(lines[1:]).strip()  # drop the title line
+                    if text:
+                        yield None, text
+                else:
+                    lines.append(line)
+
+
+def jsonl_docs(files, min_chars=1):
+    for path in files:
+        with open_text(path) as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    text = json.loads(line).get("text") or ""
+                except (json.JSONDecodeError, AttributeError):
+                    raise UsageError(f"{path}:{n}: not a JSON object with a 'text' field")
+                if len(text) >= min_chars:
+                    yield None, text
+
+
+def enwiki_files(files):
+    if files:
+        return files
+    found = [mirror_file(f"pretrain/enwiki2015/enwiki2015_{p}.txt.xz") for p in ("AA", "AB")]
+    check(all(found), "enwiki: no local copy; run WikiExtractor on a dump from dumps.wikimedia.org "
+          "and pass --files=out/AA/wiki_00,... (or set SPDF_DATA_MIRROR)")
+    return found
+
+
+def wikinews_files(files):
+    if files:
+        return files
+    found = mirror_file("pretrain/wikinews/wikinews_en.jsonl.xz")
+    check(found is not None, "wikinews: no local copy; pass --files=wikinews.jsonl[.xz] "
+          "(JSON lines with a 'text' field) or set SPDF_DATA_MIRROR")
+    return [found]
+
+
+def pile_files(files):
+    # the uncopyrighted Pile: 30 train shards of ~15 GB compressed; the default takes shard 00
+    return files or [fetch(PILE_URL.format(f"train/{s}"), f"pretrain/pile/{s}", DATA_DIR / "pile" / "raw")
+                     for s in ("00.jsonl.zst",)]
+
+
+# name -> documents(files) yielding (split or None, text)
+DATASETS = {
+    "shakespeare": shakespeare_docs,
+    "enwiki": lambda files: wikiextractor_docs(enwiki_files(files)),
+    "wikinews": lambda files: jsonl_docs(wikinews_files(files), min_chars=200),
+    "pile": lambda files: jsonl_docs(pile_files(files)),
+}
+
+
+def prepare(name, files=(), val_every=100, out_dir=None, batch_docs=256):
+    """Tokenize dataset `name` into <out_dir>/{train,val}.bin; returns their token counts."""
+    check(name in DATASETS, f"unknown dataset {name!r} (choose from {', '.join(DATASETS)})")
+    for f in files:
+        check(Path(f).is_file(), f"{name}: file not found: {f}")
+    out_dir = Path(out_dir or DATA_DIR / name)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    enc = get_tokenizer()
+    eot = enc.eot_token
+    outs = {s: open(out_dir / f"{s}.bin.tmp", "wb") for s in ("train", "val")}
+    counts = {"train": 0, "val": 0}
+    batch = {"train": [], "val": []}
+
+    def flush(split):
+        if batch[split]:
+            for tokens in enc.encode_ordinary_batch(batch[split], num_threads=os.cpu_count() or 1):
+                arr = np.array(tokens + [eot], dtype=np.uint16)
+                arr.tofile(outs[split])
+                counts[split] += len(arr)
+            batch[split] = []
+
+    try:
+        for i, (split, text) in enumerate(DATASETS[name](list(files))):
+            split = split or ("val" if i % val_every == 0 else "train")
+            batch[split].append(text)
+            if len(batch[split]) >= batch_docs:
+                flush(split)
+        for split in outs:
+            flush(split)
+    finally:
+        for f in outs.values():
+            f.close()
+    check(counts["train"] > 0 and counts["val"] > 0, f"{name}: no documents in the train or val split")
+    for split in outs:  # only complete files replace earlier ones
+        os.replace(out_dir / f"{split}.bin.tmp", out_dir / f"{split}.bin")
+    print(f"{name}: {counts['train']:,} train and {counts['val']:,} val tokens in {out_dir}")
+    return counts
+
+
+def bin_path(name, split, data_dir=None):
+    return Path(data_dir or DATA_DIR / name) / f"{split}.bin"
+
+
+def ensure_prepared(name, data_dir=None):
+    check(name in DATASETS, f"unknown dataset {name!r} (choose from {', '.join(DATASETS)})")
+    if not (bin_path(name, "train", data_dir).exists() and bin_path(name, "val", data_dir).exists()):
+        prepare(name, out_dir=data_dir)
+
+
+def load_tokens(name, split, data_dir=None):
+    """The split as a read-only uint16 memmap (pages in only what batches touch)."""
+    return np.memmap(bin_path(name, split, data_dir), dtype=np.uint16, mode="r")
+
+
+def main(argv):
+    check(len(argv) >= 1 and not argv[0].startswith("--"),
+          f"usage: python data/prepare.py NAME [--files=a,b] [--val_every=100] (NAME: {', '.join(DATASETS)})")
+    opts = dict(a[2:].split("=", 1) for a in argv[1:] if a.startswith("--") and "=" in a)
+    unknown = set(opts) - {"files", "val_every", "out_dir"}
+    check(not unknown and len(opts) == len(argv) - 1, f"unknown option(s): {' '.join(argv[1:])}")
+    files = [f for f in opts.get("files", "").split(",") if f]
+    check(re.fullmatch(r"\d+", opts.get("val_every", "100")) is not None, "--val_every must be a positive integer")
+    prepare(argv[0], files, int(opts.get("val_every", 100)), opts.get("out_dir"))
+
+
+if __name__ == "__main__":
+    run_cli(main)

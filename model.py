@@ -1,0 +1,171 @@
+"""
+A GPT in the nanoGPT manner: learned positions, pre-LayerNorm blocks, causal SDPA attention,
+GELU MLP of width 4d, LM head tied to the token embedding, biases everywhere but the head.
+
+The model is plain and dense. Sparsity lives in sparsity.py as masks over the six block
+matrices, which are separate nn.Linear modules here (q, k, v, attention output, MLP in, MLP
+out) so that each one carries its own mask and can be swapped for a sparse kernel.
+"""
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class GPTConfig:
+    block_size: int = 1024
+    vocab_size: int = 50257  # GPT-2 BPE
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    dropout: float = 0.0
+
+
+PRESETS = {
+    # CPU toys: embedding-dominated but real GPTs with the GPT-2 vocabulary
+    "tiny": GPTConfig(block_size=128, n_layer=2, n_head=4, n_embd=128),
+    "mini": GPTConfig(block_size=256, n_layer=6, n_head=6, n_embd=384),
+    # the paper's two models (supplement Table 1)
+    "gpt2-small": GPTConfig(block_size=2048, n_layer=12, n_head=12, n_embd=768),
+    "gpt3-xl": GPTConfig(block_size=2048, n_layer=24, n_head=16, n_embd=2048),
+}
+
+
+class CausalSelfAttention(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        assert config.n_embd % config.n_head == 0
+        d = config.n_embd
+        self.q_proj = nn.Linear(d, d)
+        self.k_proj = nn.Linear(d, d)
+        self.v_proj = nn.Linear(d, d)
+        self.c_proj = nn.Linear(d, d)
+        self.n_head = config.n_head
+        self.dropout = config.dropout
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x, kv_cache=None):
+        B, T, C = x.shape
+        heads = lambda t: t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        q, k, v = heads(self.q_proj(x)), heads(self.k_proj(x)), heads(self.v_proj(x))
+        if kv_cache is not None:  # generation: attend to the cached keys/values of earlier tokens
+            if kv_cache[0] is not None:
+                k = torch.cat([kv_cache[0], k], dim=2)
+                v = torch.cat([kv_cache[1], v], dim=2)
+            kv_cache[0], kv_cache[1] = k, v
+        # a single new token may see every cached one; otherwise causal within the chunk
+        causal = T > 1 and (kv_cache is None or k.size(2) == T)
+        assert T == 1 or causal, "the KV cache takes the prompt once, then one token at a time"
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=causal,
+                                           dropout_p=self.dropout if self.training else 0.0)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd)
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x))))
+
+
+class Block(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd)
+        self.mlp = MLP(config)
+
+    def forward(self, x, kv_cache=None):
+        x = x + self.attn(self.ln_1(x), kv_cache)
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(config.vocab_size, config.n_embd),
+            wpe=nn.Embedding(config.block_size, config.n_embd),
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+            ln_f=nn.LayerNorm(config.n_embd),
+        ))
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.transformer.wte.weight = self.lm_head.weight  # tied
+        self.apply(self._init_weights)
+        # GPT-2: residual output projections scaled by 1/sqrt(2 * n_layer)
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    def _init_weights(self, module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def num_params(self):
+        return sum(p.numel() for p in self.parameters())  # tied weights are counted once
+
+    def forward(self, idx, targets=None, kv_caches=None, pos_offset=0, loss_mask=None):
+        """
+        idx (B, T) token ids. With targets, also returns the mean cross-entropy over positions
+        where loss_mask is True (all positions if None). kv_caches: one [k, v] list per layer,
+        filled in place during generation; pos_offset is the number of tokens already cached.
+        """
+        B, T = idx.shape
+        assert pos_offset + T <= self.config.block_size, "sequence longer than block_size"
+        pos = torch.arange(pos_offset, pos_offset + T, device=idx.device)
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+        for i, block in enumerate(self.transformer.h):
+            x = block(x, None if kv_caches is None else kv_caches[i])
+        x = self.transformer.ln_f(x)
+        if targets is None:
+            return self.lm_head(x), None
+        logits = self.lm_head(x)
+        loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1),
+                               reduction="none")
+        if loss_mask is None:
+            return logits, loss.mean()
+        loss_mask = loss_mask.reshape(-1).float()
+        return logits, (loss * loss_mask).sum() / loss_mask.sum().clamp(min=1)
+
+    def new_kv_caches(self):
+        return [[None, None] for _ in range(self.config.n_layer)]
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, eos_token=None):
+        """Sample continuations of idx (B, T), using a KV cache. temperature 0 is greedy."""
+        caches = self.new_kv_caches()
+        logits, _ = self(idx, kv_caches=caches)
+        for _ in range(max_new_tokens):
+            if idx.size(1) >= self.config.block_size:
+                break
+            logits = logits[:, -1, :].float()
+            if temperature == 0:
+                next_token = logits.argmax(dim=-1, keepdim=True)
+            else:
+                logits = logits / temperature
+                if top_k is not None:
+                    v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
+                    logits[logits < v[:, [-1]]] = -float("inf")
+                next_token = torch.multinomial(F.softmax(logits, dim=-1), num_samples=1)
+            idx = torch.cat((idx, next_token), dim=1)
+            if eos_token is not None and (next_token == eos_token).all():
+                break
+            logits, _ = self(next_token, kv_caches=caches, pos_offset=idx.size(1) - 1)
+        return idx

@@ -1,0 +1,307 @@
+"""
+Sparse pre-training (SPDF step 1-2): a GPT whose six block matrices carry static random masks,
+trained with exactly the dense schedule. --sparsity=0 is the dense baseline.
+
+  python pretrain.py --sparsity=0.75                          # CPU toy run on tinyshakespeare
+  python pretrain.py config/pretrain_gpt2_small.py --sparsity=0.75
+  torchrun --standalone --nproc_per_node=8 pretrain.py config/pretrain_gpt3_xl.py --sparsity=0.75
+
+Arguments: config files (Python assignments) and --key=value overrides of DEFAULTS below.
+"""
+import json
+import math
+import os
+import time
+from dataclasses import asdict
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm import tqdm
+
+import sparsity as sp
+from common import (autocast, check, cosine_lr, load_checkpoint, parse_config, peak_flops,
+                    pick_device, run_cli, save_checkpoint)
+from data.prepare import DATASETS, ensure_prepared, load_tokens
+from flops import forward_flops, train_flops
+from model import GPT, PRESETS, GPTConfig
+
+DEFAULTS = dict(
+    # model and sparsity
+    model="tiny",               # a preset from model.PRESETS
+    block_size=0,               # context length; 0 = the preset's
+    dropout=0.0,
+    sparsity=0.0,               # fraction of zeros in each of the six block matrices; 0 = dense
+    mask_method="random",       # how masks are chosen (sparsity.MASK_METHODS)
+    # data
+    dataset="shakespeare",      # data/prepare.py DATASETS; prepared on first use
+    data_dir="",                # folder with train.bin/val.bin; "" = data/<dataset>
+    batch_size=8,               # sequences per micro-step per process
+    gradient_accumulation_steps=1,  # micro-steps per optimizer step (summed over processes)
+    # optimizer: the paper's AdamW (supplement A.1)
+    learning_rate=1e-3,
+    max_iters=200,
+    warmup_iters=20,            # the paper: 375M tokens
+    lr_decay_iters=0,           # cosine decay length; 0 = max_iters
+    min_lr_ratio=0.1,           # decay to 10% of peak
+    weight_decay=0.1,
+    beta1=0.9,
+    beta2=0.999,
+    eps=1e-8,
+    grad_clip=1.0,
+    # run
+    out_dir="out",
+    init_from="scratch",        # scratch | resume | path to a checkpoint (its weights, new masks)
+    eval_interval=100,
+    eval_iters=10,
+    device="auto",
+    compile=False,
+    seed=1337,
+)
+
+
+def validate(cfg):
+    check(cfg["model"] in PRESETS, f"unknown model {cfg['model']!r} (choose from {', '.join(PRESETS)})")
+    check(0.0 <= cfg["sparsity"] < 1.0, f"--sparsity must be in [0, 1), got {cfg['sparsity']}")
+    check(cfg["mask_method"] in sp.MASK_METHODS,
+          f"unknown mask_method {cfg['mask_method']!r} (choose from {', '.join(sp.MASK_METHODS)})")
+    check(cfg["dataset"] in DATASETS, f"unknown dataset {cfg['dataset']!r} (choose from {', '.join(DATASETS)})")
+    for key in ("batch_size", "gradient_accumulation_steps", "max_iters", "eval_interval", "eval_iters"):
+        check(cfg[key] >= 1, f"--{key} must be at least 1, got {cfg[key]}")
+    for key in ("block_size", "warmup_iters", "lr_decay_iters"):
+        check(cfg[key] >= 0, f"--{key} must be non-negative, got {cfg[key]}")
+    check(cfg["learning_rate"] > 0, "--learning_rate must be positive")
+    check(0.0 <= cfg["dropout"] < 1.0, "--dropout must be in [0, 1)")
+    check(cfg["init_from"] == "scratch" or cfg["init_from"] == "resume" or os.path.exists(cfg["init_from"]),
+          f"--init_from must be scratch, resume or an existing checkpoint, got {cfg['init_from']!r}")
+
+
+def setup_distributed(device):
+    """Under torchrun: join the process group; returns (rank, local_rank, world_size, device)."""
+    if "RANK" not in os.environ:
+        return 0, 0, 1, device
+    rank, local_rank, world = (int(os.environ[k]) for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE"))
+    if device.startswith("cuda"):
+        device = f"cuda:{local_rank}"
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+    return rank, local_rank, world, device
+
+
+def fingerprint(model, masks):
+    """Two numbers that differ if any weight or mask differs; compared across DDP ranks."""
+    w = sum(float(p.detach().double().sum()) for p in model.parameters())
+    m = sum(float(mask.double().mul(torch.arange(mask.numel(), device=mask.device).view(mask.shape) % 9973).sum())
+            for mask in masks.values())
+    return [w, m]
+
+
+def configure_optimizer(model, cfg, device):
+    """AdamW; weight decay on matrices only (biases and LayerNorms get none)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    groups = [dict(params=decay, weight_decay=cfg["weight_decay"]), dict(params=no_decay, weight_decay=0.0)]
+    return torch.optim.AdamW(groups, lr=cfg["learning_rate"], betas=(cfg["beta1"], cfg["beta2"]),
+                             eps=cfg["eps"], fused=device.startswith("cuda"))
+
+
+def main(argv):
+    cfg, overrides = parse_config(DEFAULTS, argv)
+    validate(cfg)
+    ckpt = None
+    if cfg["init_from"] == "resume":
+        ckpt = load_checkpoint(os.path.join(cfg["out_dir"], "ckpt.pt"))
+        for key in ("model", "sparsity", "block_size", "mask_method"):  # fixed for the run's life
+            check(key not in overrides or overrides[key] == ckpt["config"][key],
+                  f"--{key} cannot change on resume (checkpoint has {ckpt['config'][key]!r})")
+        cfg = {**DEFAULTS, **ckpt["config"], **overrides}
+        validate(cfg)
+
+    device = pick_device(cfg["device"])
+    rank, _, world, device = setup_distributed(device)
+    master = rank == 0
+    accum = cfg["gradient_accumulation_steps"]
+    check(accum % world == 0, f"--gradient_accumulation_steps ({accum}) must be a multiple of the "
+          f"number of processes ({world})")
+    accum //= world
+    torch.manual_seed(cfg["seed"])  # same init on every rank
+    if device.startswith("cuda"):
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+    # model and masks
+    if ckpt is not None:
+        mcfg = GPTConfig(**ckpt["model_config"])
+    else:
+        mcfg = GPTConfig(**{**asdict(PRESETS[cfg["model"]]), "dropout": cfg["dropout"]})
+        if cfg["block_size"]:
+            mcfg.block_size = cfg["block_size"]
+    block_size = mcfg.block_size
+    model = GPT(mcfg)
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        masks = ckpt["masks"]
+    else:
+        if cfg["init_from"] != "scratch":  # continue from another run's weights, e.g. a dense one
+            source = load_checkpoint(cfg["init_from"])
+            check(source["model_config"] == asdict(mcfg) | {"dropout": source["model_config"]["dropout"]},
+                  f"{cfg['init_from']} holds a different architecture than --model={cfg['model']}")
+            model.load_state_dict(source["model"])
+        masks = sp.make_masks(model, cfg["sparsity"], cfg["mask_method"], cfg["seed"]) if cfg["sparsity"] > 0 else {}
+    model.to(device)
+    masks = sp.masks_to(masks, device)
+    sp.apply_masks(model, masks)
+
+    optimizer = configure_optimizer(model, cfg, device)
+    if ckpt is not None:
+        optimizer.load_state_dict(ckpt["optimizer"])
+    sp.mask_optimizer_state(optimizer, model, masks)
+    raw_model = model
+    if cfg["compile"]:
+        model = torch.compile(model)
+    if world > 1:
+        model = DDP(model, device_ids=[int(device.split(":")[1])] if device.startswith("cuda") else None)
+        prints = [None] * world
+        dist.all_gather_object(prints, fingerprint(raw_model, masks))
+        check(all(p == prints[0] for p in prints), "ranks disagree on initial weights or masks")
+
+    # data: random windows, drawn from a generator whose state is saved for exact resume
+    data_dir = cfg["data_dir"] or None
+    if master:
+        ensure_prepared(cfg["dataset"], data_dir)
+    if world > 1:
+        dist.barrier()
+    splits = {s: load_tokens(cfg["dataset"], s, data_dir) for s in ("train", "val")}
+    for s, toks in splits.items():
+        check(len(toks) > block_size + 1, f"{cfg['dataset']} {s} split has {len(toks)} tokens, "
+              f"fewer than block_size {block_size}")
+    data_gen = torch.Generator().manual_seed(cfg["seed"] + rank)
+
+    def get_batch(split, gen):
+        toks = splits[split]
+        ix = torch.randint(len(toks) - block_size - 1, (cfg["batch_size"],), generator=gen).tolist()
+        x = torch.stack([torch.from_numpy(toks[i:i + block_size].astype("int64")) for i in ix])
+        y = torch.stack([torch.from_numpy(toks[i + 1:i + 1 + block_size].astype("int64")) for i in ix])
+        return x.to(device), y.to(device)
+
+    @torch.no_grad()
+    def estimate_loss():
+        model.eval()
+        out = {}
+        for split in ("train", "val"):
+            gen = torch.Generator().manual_seed(cfg["seed"] + 7)  # the same batches at every eval
+            losses = []
+            for _ in range(cfg["eval_iters"]):
+                with autocast(device):
+                    losses.append(raw_model(*get_batch(split, gen))[1].item())
+            out[split] = sum(losses) / len(losses)
+        model.train()
+        return out
+
+    # bookkeeping: SPDF's FLOPs accounting for the loss-vs-FLOPs curves, dense FLOPs for MFU
+    tokens_per_iter = cfg["batch_size"] * block_size * accum * world
+    seqs_per_iter = tokens_per_iter // block_size
+    spdf_flops_per_iter = train_flops(mcfg, block_size, cfg["sparsity"], mcfg.vocab_size) * seqs_per_iter
+    dense_flops_per_iter = 3 * forward_flops(mcfg, block_size, 0.0, mcfg.vocab_size) * seqs_per_iter
+    peak = peak_flops(device)
+    iter_num, tokens_seen, flops_spent = 0, 0, 0.0
+    best_val = float("inf")
+    if ckpt is not None:
+        iter_num, tokens_seen, flops_spent = ckpt["iter_num"], ckpt["tokens_seen"], ckpt["flops_spent"]
+        best_val = ckpt.get("best_val_loss", best_val)
+        torch.set_rng_state(ckpt["rng"]["torch"])
+        data_gen.set_state(ckpt["rng"]["data"][rank] if rank < len(ckpt["rng"]["data"]) else data_gen.get_state())
+        if device.startswith("cuda") and ckpt["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state(ckpt["rng"]["cuda"])
+    decay_iters = cfg["lr_decay_iters"] or cfg["max_iters"]
+
+    if master:
+        os.makedirs(cfg["out_dir"], exist_ok=True)
+        print(f"{cfg['model']}: {raw_model.num_params():,} parameters, {world} process(es) on {device}, "
+              f"{tokens_per_iter:,} tokens per step")
+        if masks:
+            summary, lines = sp.report(raw_model, masks)
+            print(lines[-1])
+    log_path = os.path.join(cfg["out_dir"], "log.jsonl")
+
+    def log(record):
+        if master:
+            with open(log_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def save():
+        data_states = [data_gen.get_state()]
+        if world > 1:
+            data_states = [None] * world
+            dist.all_gather_object(data_states, data_gen.get_state())
+        if master:
+            save_checkpoint(dict(
+                model=raw_model.state_dict(), masks={n: m.cpu() for n, m in masks.items()},
+                optimizer=optimizer.state_dict(), config=cfg, model_config=asdict(mcfg),
+                iter_num=iter_num, tokens_seen=tokens_seen, flops_spent=flops_spent, best_val_loss=best_val,
+                rng=dict(torch=torch.get_rng_state(), data=data_states,
+                         cuda=torch.cuda.get_rng_state() if device.startswith("cuda") else None),
+            ), os.path.join(cfg["out_dir"], "ckpt.pt"))
+
+    bar = tqdm(total=cfg["max_iters"], initial=iter_num, disable=not master, dynamic_ncols=True)
+    t0 = time.time()
+    model.train()
+    while iter_num < cfg["max_iters"]:
+        lr = cosine_lr(iter_num, cfg["learning_rate"], cfg["warmup_iters"], decay_iters, cfg["min_lr_ratio"])
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        loss_sum = 0.0
+        for micro in range(accum):
+            x, y = get_batch("train", data_gen)
+            if world > 1:  # all-reduce gradients only on the last micro-step
+                model.require_backward_grad_sync = micro == accum - 1
+            with autocast(device):
+                _, loss = model(x, y)
+            (loss / accum).backward()
+            loss_sum += loss.item() / accum
+        sp.mask_grads(raw_model, masks)
+        if cfg["grad_clip"] > 0:
+            torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg["grad_clip"])
+        optimizer.step()
+        sp.apply_masks(raw_model, masks)  # AdamW's decoupled decay touches every entry
+        optimizer.zero_grad(set_to_none=True)
+        iter_num += 1
+        tokens_seen += tokens_per_iter
+        flops_spent += spdf_flops_per_iter
+
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        dt, t0 = time.time() - t0, time.time()
+        record = dict(iter=iter_num, loss=loss_sum, lr=lr, tokens_seen=tokens_seen,
+                      flops_spent=flops_spent, tokens_per_s=tokens_per_iter / dt, step_ms=1000 * dt)
+        if peak:
+            record["mfu"] = dense_flops_per_iter / dt / (peak * world)
+        if iter_num % cfg["eval_interval"] == 0 or iter_num == cfg["max_iters"]:
+            losses = estimate_loss()
+            record.update(train_loss=losses["train"], val_loss=losses["val"])
+            best_val = min(best_val, losses["val"])
+            save()
+            if master:
+                tqdm.write(f"iter {iter_num}: train {losses['train']:.4f}, val {losses['val']:.4f}")
+            t0 = time.time()  # evaluation time is not training time
+        if iter_num == cfg["max_iters"] and world > 1:
+            prints = [None] * world
+            dist.all_gather_object(prints, fingerprint(raw_model, masks))
+            record["rank_fingerprints"] = prints
+        log(record)
+        postfix = dict(loss=f"{loss_sum:.3f}", tok_s=f"{record['tokens_per_s']:,.0f}", flops=f"{flops_spent:.3g}")
+        if peak:
+            postfix["mfu"] = f"{100 * record['mfu']:.1f}%"
+        bar.set_postfix(postfix)
+        bar.update(1)
+    bar.close()
+    if master and masks:
+        assert sp.check_masked(raw_model, masks), "a pruned weight is non-zero"
+    if world > 1:
+        dist.destroy_process_group()
+    return cfg
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,127 @@
+"""
+Static unstructured sparsity, as in SPDF (paper §2.2, supplement A.1).
+
+- Which weights: the six matrices of every block (Q, K, V, attention output, MLP in, MLP out).
+  Embeddings, LM head, LayerNorms and biases stay dense. `sparsifiable()` is the one place
+  that decides; change it to change the selection.
+- Masks: bool tensors, True = kept, one per selected parameter, keyed by parameter name. The
+  `random` method zeroes exactly round(s * numel) entries of every matrix, from a generator
+  seeded by (seed, parameter name): every DDP rank, every resume and every device agrees.
+- The invariant: masked weights are exactly 0 for the whole run. The training loop calls
+  `mask_grads` after backward and `apply_masks` after each optimizer step; `mask_optimizer_state`
+  clears Adam moments whenever masks are (re)installed, so momentum, weight decay or a
+  stale moment can never revive a pruned weight.
+- Dense fine-tuning just drops the masks: pruned weights are already 0 and simply start to learn.
+"""
+import zlib
+
+import torch
+
+SPARSE_SUFFIXES = ("attn.q_proj.weight", "attn.k_proj.weight", "attn.v_proj.weight",
+                   "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+
+
+def sparsifiable(model):
+    """Names of the parameters SPDF sparsifies: the six matrices of each transformer block."""
+    return [name for name, _ in model.named_parameters()
+            if name.startswith("transformer.h.") and name.endswith(SPARSE_SUFFIXES)]
+
+
+def _generator(seed, name):
+    # crc32 of the name, not hash(): Python salts str hashes per process
+    g = torch.Generator(device="cpu")
+    g.manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
+    return g
+
+
+def random_mask(weight, sparsity, seed, name, **_):
+    """Exactly round(sparsity * numel) zeros at positions drawn uniformly at random."""
+    n = weight.numel()
+    perm = torch.randperm(n, generator=_generator(seed, name))
+    mask = torch.ones(n, dtype=torch.bool)
+    mask[perm[: round(sparsity * n)]] = False
+    return mask.view(weight.shape)
+
+
+def magnitude_mask(weight, sparsity, **_):
+    """Keep the largest-|w| entries of the matrix, zero exactly round(sparsity * numel)."""
+    n = weight.numel()
+    order = weight.detach().float().abs().flatten().cpu().argsort()
+    mask = torch.ones(n, dtype=torch.bool)
+    mask[order[: round(sparsity * n)]] = False
+    return mask.view(weight.shape)
+
+
+# pluggable: name -> fn(weight, sparsity, seed=, name=) returning a bool mask (True = kept)
+MASK_METHODS = {"random": random_mask, "magnitude": magnitude_mask}
+
+
+def make_masks(model, sparsity, method="random", seed=0, names=None):
+    """One mask per sparsifiable parameter (or per name in `names`), built on the CPU."""
+    assert 0.0 <= sparsity < 1.0, "sparsity must be in [0, 1)"
+    params = dict(model.named_parameters())
+    fn = MASK_METHODS[method]
+    return {name: fn(params[name], sparsity, seed=seed, name=name)
+            for name in (names if names is not None else sparsifiable(model))}
+
+
+def masks_to(masks, device):
+    return {name: m.to(device) for name, m in masks.items()}
+
+
+def _pairs(model, masks):
+    params = dict(model.named_parameters())
+    return [params[name] for name in masks], list(masks.values())
+
+
+@torch.no_grad()
+def apply_masks(model, masks):
+    """Zero the pruned weights (after init, after every optimizer step)."""
+    if masks:
+        weights, ms = _pairs(model, masks)
+        torch._foreach_mul_(weights, ms)
+
+
+@torch.no_grad()
+def mask_grads(model, masks):
+    """Zero the gradients of pruned weights, so Adam moments there stay 0."""
+    for name, p in model.named_parameters():
+        if name in masks and p.grad is not None:
+            p.grad.mul_(masks[name])
+
+
+@torch.no_grad()
+def mask_optimizer_state(optimizer, model, masks):
+    """Zero every optimizer-state tensor shaped like a masked weight (Adam's two moments)."""
+    params = dict(model.named_parameters())
+    for name, mask in masks.items():
+        for value in optimizer.state.get(params[name], {}).values():
+            if torch.is_tensor(value) and value.shape == mask.shape:
+                value.mul_(mask)
+
+
+def check_masked(model, masks):
+    """True if every pruned weight is exactly 0."""
+    params = dict(model.named_parameters())
+    return all(not params[n].detach()[~m.to(params[n].device)].any() for n, m in masks.items())
+
+
+def report(model, masks):
+    """Per-matrix and overall sparsity, as a dict and as printable lines."""
+    params = dict(model.named_parameters())
+    rows = []
+    for name, mask in masks.items():
+        rows.append((name, mask.numel(), int((~mask).sum())))
+    pruned = sum(r[2] for r in rows)
+    sparsifiable_total = sum(params[n].numel() for n in sparsifiable(model))
+    total = sum(p.numel() for p in model.parameters())
+    summary = dict(
+        pruned=pruned, total_params=total, sparsifiable_params=sparsifiable_total,
+        of_sparsifiable=pruned / sparsifiable_total if sparsifiable_total else 0.0,
+        of_all=pruned / total,
+        per_matrix={name: zeros / numel for name, numel, zeros in rows},
+    )
+    lines = [f"{name:42s} {numel:>12,d} {zeros / numel:7.2%}" for name, numel, zeros in rows]
+    lines.append(f"pruned {pruned:,} = {summary['of_sparsifiable']:.2%} of sparsifiable, "
+                 f"{summary['of_all']:.2%} of all {total:,} parameters")
+    return summary, lines
