@@ -1,0 +1,31 @@
+"""Shared fixtures. Tests run offline: the data mirror and tokenizer cache default to ../shared."""
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+_shared = ROOT.parent / "shared"
+if "SPDF_DATA_MIRROR" not in os.environ and (_shared / "data").is_dir():
+    os.environ["SPDF_DATA_MIRROR"] = str(_shared / "data")
+if "TIKTOKEN_CACHE_DIR" not in os.environ and (_shared / "tiktoken" / "cache").is_dir():
+    os.environ["TIKTOKEN_CACHE_DIR"] = str(_shared / "tiktoken" / "cache")
+
+# a pre-training run small enough for a test: 64 tokens per step
+TINY_RUN = ["--model=tiny", "--batch_size=2", "--block_size=32", "--eval_iters=2", "--device=cpu"]
+
+
+@pytest.fixture(scope="session")
+def shakespeare_dir(tmp_path_factory):
+    """tinyshakespeare tokenized once per test session, outside the repository."""
+    from data.prepare import prepare
+    out = tmp_path_factory.mktemp("shakespeare")
+    prepare("shakespeare", out_dir=out)
+    return out
+
+
+def run_pretrain(out_dir, data_dir, *args):
+    import pretrain
+    return pretrain.main([*TINY_RUN, f"--data_dir={data_dir}", f"--out_dir={out_dir}", *args])
