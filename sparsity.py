@@ -85,9 +85,11 @@ def apply_masks(model, masks):
 @torch.no_grad()
 def mask_grads(model, masks):
     """Zero the gradients of pruned weights, so Adam moments there stay 0."""
-    for name, p in model.named_parameters():
-        if name in masks and p.grad is not None:
-            p.grad.mul_(masks[name])
+    if masks:
+        weights, ms = _pairs(model, masks)
+        pairs = [(w.grad, m) for w, m in zip(weights, ms) if w.grad is not None]
+        if pairs:  # one fused multi-tensor kernel instead of one launch per matrix
+            torch._foreach_mul_([g for g, _ in pairs], [m for _, m in pairs])
 
 
 @torch.no_grad()
