@@ -1,0 +1,108 @@
+"""
+Times pre-training steps on synthetic data, dense and sparse in one run, so the ratio between them is
+measured under the same conditions. The step is pretrain.py's: forward, backward, gradient masking,
+clipping, AdamW, re-masking.
+
+  python bench.py --device=cpu --model=tiny --sparsity=0.75
+  python bench.py --model=gpt3-xl --batch_size=8 --block_size=2048 --compile=True --json=bench.json
+"""
+import json
+import time
+from dataclasses import asdict
+
+import torch
+
+import sparsity as sp
+from common import autocast, check, parse_config, peak_flops, pick_device, run_cli
+from flops import forward_flops
+from model import GPT, PRESETS, GPTConfig
+from pretrain import DEFAULTS as PRETRAIN_DEFAULTS
+from pretrain import configure_optimizer
+
+DEFAULTS = dict(
+    model="tiny",
+    batch_size=8,
+    block_size=0,      # 0 = the preset's context
+    sparsity=0.75,     # the sparse run; a dense run is always timed beside it
+    steps=10,          # timed steps per run
+    warmup=3,          # untimed steps first (compilation, allocator warm-up)
+    device="auto",
+    compile=False,
+    seed=1337,
+    json="",           # also write the figures to this path
+)
+
+
+def time_run(cfg, device, sparsity):
+    torch.manual_seed(cfg["seed"])
+    mcfg = GPTConfig(**asdict(PRESETS[cfg["model"]]))
+    mcfg.block_size = cfg["block_size"] or mcfg.block_size
+    model = GPT(mcfg).to(device)
+    masks = sp.masks_to(sp.make_masks(model, sparsity, seed=cfg["seed"]), device) if sparsity > 0 else {}
+    sp.apply_masks(model, masks)
+    optimizer = configure_optimizer(model, PRETRAIN_DEFAULTS, device)
+    step_model = torch.compile(model) if cfg["compile"] else model
+    B, T = cfg["batch_size"], mcfg.block_size
+    x = torch.randint(0, mcfg.vocab_size, (B, T), device=device)
+    y = torch.randint(0, mcfg.vocab_size, (B, T), device=device)
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats(device)
+
+    def step():
+        with autocast(device):
+            _, loss = step_model(x, y)
+        loss.backward()
+        sp.mask_grads(model, masks)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        sp.apply_masks(model, masks)
+        optimizer.zero_grad(set_to_none=True)
+
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    for _ in range(cfg["warmup"]):
+        step()
+    sync()
+    times = []
+    for _ in range(cfg["steps"]):
+        t0 = time.perf_counter()
+        step()
+        sync()
+        times.append(time.perf_counter() - t0)
+    step_s = sorted(times)[len(times) // 2]  # median: robust to a stray slow step
+    dense_flops = 3 * forward_flops(mcfg, T, 0.0, mcfg.vocab_size) * B
+    peak = peak_flops(device)
+    result = dict(sparsity=sparsity, step_ms=1000 * step_s, tokens_per_s=B * T / step_s,
+                  mfu=dense_flops / step_s / peak if peak else None,
+                  peak_memory_gb=torch.cuda.max_memory_allocated(device) / 1e9 if device.startswith("cuda") else None)
+    if masks:
+        assert sp.check_masked(model, masks)
+    return result
+
+
+def main(argv):
+    cfg, _ = parse_config(DEFAULTS, argv)
+    check(cfg["model"] in PRESETS, f"unknown model {cfg['model']!r} (choose from {', '.join(PRESETS)})")
+    check(0.0 < cfg["sparsity"] < 1.0, "--sparsity must be in (0, 1)")
+    check(cfg["steps"] >= 1 and cfg["warmup"] >= 0 and cfg["batch_size"] >= 1, "--steps and --batch_size must be positive")
+    device = pick_device(cfg["device"])
+    if device.startswith("cuda"):
+        torch.backends.cuda.matmul.allow_tf32 = True
+    name = torch.cuda.get_device_name(device) if device.startswith("cuda") else f"cpu ({torch.get_num_threads()} threads)"
+    print(f"{cfg['model']}, batch {cfg['batch_size']} x {cfg['block_size'] or PRESETS[cfg['model']].block_size}, "
+          f"{name}, compile={cfg['compile']}")
+    runs = [time_run(cfg, device, 0.0), time_run(cfg, device, cfg["sparsity"])]
+    for r in runs:
+        mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "n/a (unknown peak)"
+        mem = f"{r['peak_memory_gb']:.1f} GB" if r["peak_memory_gb"] is not None else "n/a"
+        print(f"sparsity {r['sparsity']:4.2f}: {r['step_ms']:9.1f} ms/step  {r['tokens_per_s']:12,.0f} tokens/s  "
+              f"MFU {mfu}  peak memory {mem}")
+    overhead = runs[1]["step_ms"] / runs[0]["step_ms"]
+    print(f"sparse / dense step time: {overhead:.3f}x ({100 * (overhead - 1):+.1f}%)")
+    if cfg["json"]:
+        with open(cfg["json"], "w") as f:
+            json.dump(dict(config=cfg, device=name, dense=runs[0], sparse=runs[1], sparse_over_dense=overhead), f, indent=1)
+    return runs
+
+
+if __name__ == "__main__":
+    run_cli(main)
