@@ -1,0 +1,108 @@
+"""
+Parameter-subspace analysis (SPDF paper §3.4, Figs. 3-4): how far fine-tuning moved each block
+matrix from its pre-trained value, as the cosine distance 1 - cos(W_pre, W_ft) of the flattened
+matrices, per layer and per matrix:
+
+  Q, K, V   attention query/key/value projections   (paper: W_Q, W_K, W_V)
+  O         attention output projection             (paper: W_D)
+  FC1, FC2  MLP input and output projections        (paper: W_I, W_O)
+
+  python subspace.py out/ckpt.pt out-ft/ckpt.pt --png subspace.png [--json subspace.json]
+
+Both checkpoints need the 'model' and 'model_config' keys (pretrain.py and finetune.py write
+them) and the same architecture; extra parameters (e.g. a soft prompt) are ignored. A sparse
+pre-trained checkpoint's zeros count as values: dense fine-tuning that grows them moves W.
+The PNG is drawn with matplotlib (Agg backend, no display needed).
+"""
+import argparse
+import json
+
+import torch
+
+from common import UsageError, check, load_checkpoint, run_cli
+
+MATRICES = {"Q": "attn.q_proj", "K": "attn.k_proj", "V": "attn.v_proj", "O": "attn.c_proj",
+            "FC1": "mlp.c_fc", "FC2": "mlp.c_proj"}
+ARCH_KEYS = ("n_layer", "n_head", "n_embd", "vocab_size")
+
+
+def cosine_distance(a, b):
+    """1 - cosine similarity of two tensors, flattened, in float64 (nan if either is all zeros)."""
+    a, b = a.double().flatten(), b.double().flatten()
+    denom = a.norm() * b.norm()
+    return float("nan") if denom == 0 else float(1.0 - (a @ b) / denom)
+
+
+def distances(pre, ft):
+    """{matrix label: [distance of layer 0, layer 1, ...]} for two checkpoints (dicts)."""
+    for key in ARCH_KEYS:
+        check(pre["model_config"].get(key) == ft["model_config"].get(key),
+              f"the checkpoints differ in {key}: {pre['model_config'].get(key)} vs {ft['model_config'].get(key)}")
+    out = {}
+    for label, module in MATRICES.items():
+        out[label] = []
+        for i in range(pre["model_config"]["n_layer"]):
+            name = f"transformer.h.{i}.{module}.weight"
+            check(name in pre["model"] and name in ft["model"], f"a checkpoint has no {name}")
+            check(pre["model"][name].shape == ft["model"][name].shape, f"{name} differs in shape")
+            out[label].append(cosine_distance(pre["model"][name], ft["model"][name]))
+    return out
+
+
+def table(dist):
+    labels = list(dist)
+    lines = [f"{'layer':>5s} " + " ".join(f"{label:>9s}" for label in labels)]
+    for i in range(len(dist[labels[0]])):
+        lines.append(f"{i:5d} " + " ".join(f"{dist[label][i]:9.2e}" for label in labels))
+    lines.append(f"{'mean':>5s} " + " ".join(f"{sum(v) / len(v):9.2e}" for v in dist.values()))
+    return lines
+
+
+def heatmap(dist, path, title):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    labels = list(dist)
+    grid = torch.tensor([dist[label] for label in labels]).T.numpy()  # layers x matrices
+    n_layer = grid.shape[0]
+    fig, ax = plt.subplots(figsize=(1.1 * len(labels) + 2, 0.45 * n_layer + 1.6))
+    im = ax.imshow(grid, cmap="viridis", aspect="auto")
+    ax.set_xticks(range(len(labels)), labels)
+    ax.set_yticks(range(n_layer), [str(i) for i in range(n_layer)])
+    ax.set_xlabel("block matrix")
+    ax.set_ylabel("layer")
+    ax.set_title(title, fontsize=9)
+    if n_layer <= 24:  # values in the cells while they stay legible
+        for i in range(n_layer):
+            for j in range(len(labels)):
+                bright = grid[i, j] > (grid.min() + grid.max()) / 2  # viridis is light at the top
+                ax.text(j, i, f"{grid[i, j]:.1e}", ha="center", va="center", fontsize=6, color="k" if bright else "w")
+    fig.colorbar(im, ax=ax, label="cosine distance")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv):
+    parser = argparse.ArgumentParser(description="cosine distance of block matrices, pre-trained vs fine-tuned")
+    parser.add_argument("pretrained")
+    parser.add_argument("finetuned")
+    parser.add_argument("--png", help="write a heatmap here")
+    parser.add_argument("--json", help="write the distances here")
+    args = parser.parse_args(argv)
+    pre, ft = load_checkpoint(args.pretrained), load_checkpoint(args.finetuned)
+    dist = distances(pre, ft)
+    sparsity = pre.get("config", {}).get("sparsity", 0.0)
+    print(f"cosine distance, {args.pretrained} (sparsity {sparsity:g}) -> {args.finetuned}")
+    print("\n".join(table(dist)))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(dict(pretrained=args.pretrained, finetuned=args.finetuned, distances=dist), f, indent=1)
+    if args.png:
+        heatmap(dist, args.png, f"1 - cos(W_pre, W_ft), pre-training sparsity {sparsity:g}")
+        print(f"heatmap: {args.png}")
+    return dist
+
+
+if __name__ == "__main__":
+    run_cli(main)
