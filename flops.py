@@ -41,6 +41,19 @@ def train_flops(cfg, seq_len, sparsity=0.0, vocab=VOCAB):
     return 3 * forward_flops(cfg, seq_len, sparsity, vocab)
 
 
+def densify_iter(densify_at, max_iters):
+    """Variable SPDF's switch: a fraction of max_iters if < 1, else an iteration count; 0 = never."""
+    if densify_at <= 0:
+        return None
+    return round(densify_at * max_iters) if densify_at < 1 else int(densify_at)
+
+
+def vspdf_train_flops(cfg, seq_len, sparsity, sparse_frac, vocab=VOCAB):
+    """Variable SPDF, per sequence on average: sparse_frac of the sequences at `sparsity`, the rest dense."""
+    return (sparse_frac * train_flops(cfg, seq_len, sparsity, vocab)
+            + (1.0 - sparse_frac) * train_flops(cfg, seq_len, 0.0, vocab))
+
+
 def num_params(cfg, vocab=VOCAB):
     """Parameters of the GPT in model.py (tied head, learned positions), at the given vocab."""
     d, L = cfg.n_embd, cfg.n_layer

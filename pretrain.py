@@ -19,11 +19,13 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
+import omission
+import sparsegpt
 import sparsity as sp
 from common import (autocast, check, cosine_lr, load_checkpoint, parse_config, peak_flops,
                     pick_device, run_cli, save_checkpoint)
 from data.prepare import DATASETS, ensure_prepared, load_tokens
-from flops import forward_flops, train_flops
+from flops import densify_iter, forward_flops, train_flops
 from model import GPT, PRESETS, GPTConfig
 
 DEFAULTS = dict(
@@ -32,7 +34,13 @@ DEFAULTS = dict(
     block_size=0,               # context length; 0 = the preset's
     dropout=0.0,
     sparsity=0.0,               # fraction of zeros in each of the six block matrices; 0 = dense
-    mask_method="random",       # how masks are chosen (sparsity.MASK_METHODS)
+    mask_method="random",       # how masks are chosen (sparsity.MASK_METHODS, or sparsegpt)
+    calib_samples=128,          # sparsegpt: calibration sequences from the train split
+    prune_n=0,                  # sparsegpt n:m pattern, e.g. 2 and 4 for 2:4 (0 = unstructured)
+    prune_m=0,
+    densify_at=0.0,             # Variable SPDF: go dense at this fraction of max_iters (< 1) or iteration; 0 = never
+    omit_rate=0.0,              # SAT-style neuron omission: peak fraction of MLP channels and heads skipped
+    omit_schedule="ladder",     # omission rungs: 'ladder' (1, 2/3, 1/3, 0) or comma-separated multipliers ending in 0
     # data
     dataset="shakespeare",      # data/prepare.py DATASETS; prepared on first use
     data_dir="",                # folder with train.bin/val.bin; "" = data/<dataset>
@@ -63,8 +71,20 @@ DEFAULTS = dict(
 def validate(cfg):
     check(cfg["model"] in PRESETS, f"unknown model {cfg['model']!r} (choose from {', '.join(PRESETS)})")
     check(0.0 <= cfg["sparsity"] < 1.0, f"--sparsity must be in [0, 1), got {cfg['sparsity']}")
-    check(cfg["mask_method"] in sp.MASK_METHODS,
-          f"unknown mask_method {cfg['mask_method']!r} (choose from {', '.join(sp.MASK_METHODS)})")
+    check(cfg["mask_method"] in (*sp.MASK_METHODS, "sparsegpt"),
+          f"unknown mask_method {cfg['mask_method']!r} (choose from {', '.join(sp.MASK_METHODS)}, sparsegpt)")
+    check(cfg["mask_method"] != "sparsegpt" or cfg["init_from"] != "scratch",
+          "--mask_method=sparsegpt prunes a trained model: give --init_from=<checkpoint>")
+    check(cfg["calib_samples"] >= 1, "--calib_samples must be at least 1")
+    check(*(sparsegpt.validate_pattern(cfg["sparsity"], cfg["prune_n"], cfg["prune_m"])))
+    check(not cfg["prune_n"] or cfg["mask_method"] == "sparsegpt", "--prune_n/--prune_m need --mask_method=sparsegpt")
+    check(cfg["densify_at"] >= 0, "--densify_at must be non-negative")
+    check(0.0 <= cfg["omit_rate"] < 1.0, f"--omit_rate must be in [0, 1), got {cfg['omit_rate']}")
+    check(not (cfg["omit_rate"] and cfg["compile"]), "--omit_rate does not work with --compile")
+    try:
+        omission.parse_schedule(cfg["omit_schedule"])
+    except ValueError as e:
+        check(False, str(e))
     check(cfg["dataset"] in DATASETS, f"unknown dataset {cfg['dataset']!r} (choose from {', '.join(DATASETS)})")
     for key in ("batch_size", "gradient_accumulation_steps", "max_iters", "eval_interval", "eval_iters"):
         check(cfg[key] >= 1, f"--{key} must be at least 1, got {cfg[key]}")
@@ -148,7 +168,13 @@ def main(argv):
             check(source["model_config"] == asdict(mcfg) | {"dropout": source["model_config"]["dropout"]},
                   f"{cfg['init_from']} holds a different architecture than --model={cfg['model']}")
             model.load_state_dict(source["model"])
-        masks = sp.make_masks(model, cfg["sparsity"], cfg["mask_method"], cfg["seed"]) if cfg["sparsity"] > 0 else {}
+        if cfg["mask_method"] == "sparsegpt" and cfg["sparsity"] > 0:  # one-shot OBS prune: changes weights
+            ensure_prepared(cfg["dataset"], cfg["data_dir"] or None)
+            calib = sparsegpt.calibration_batches(load_tokens(cfg["dataset"], "train", cfg["data_dir"] or None),
+                                                  cfg["calib_samples"], block_size, cfg["seed"])
+            masks = sparsegpt.prune(model.to(device), calib, cfg["sparsity"], cfg["prune_n"], cfg["prune_m"])
+        else:
+            masks = sp.make_masks(model, cfg["sparsity"], cfg["mask_method"], cfg["seed"]) if cfg["sparsity"] > 0 else {}
     model.to(device)
     masks = sp.masks_to(masks, device)
     sp.apply_masks(model, masks)
@@ -158,6 +184,8 @@ def main(argv):
         optimizer.load_state_dict(ckpt["optimizer"])
     sp.mask_optimizer_state(optimizer, model, masks)
     raw_model = model
+    # SAT-style omission patches the blocks' forwards to compute only the kept units
+    omitter = omission.Omitter(raw_model) if cfg["omit_rate"] > 0 else None
     if cfg["compile"]:
         model = torch.compile(model)
     if world > 1:
@@ -215,6 +243,7 @@ def main(argv):
         if device.startswith("cuda") and ckpt["rng"].get("cuda") is not None:
             torch.cuda.set_rng_state(ckpt["rng"]["cuda"])
     decay_iters = cfg["lr_decay_iters"] or cfg["max_iters"]
+    dense_from = densify_iter(cfg["densify_at"], cfg["max_iters"])  # Variable SPDF's switch, or None
 
     if master:
         os.makedirs(cfg["out_dir"], exist_ok=True)
@@ -248,6 +277,13 @@ def main(argv):
     t0 = time.time()
     model.train()
     while iter_num < cfg["max_iters"]:
+        if masks and dense_from is not None and iter_num >= dense_from:  # Variable SPDF: lift the masks;
+            masks, cfg["densified_at_iter"] = {}, iter_num  # pruned weights and their Adam moments are 0
+            if master:
+                tqdm.write(f"iter {iter_num}: switching to dense pre-training (Variable SPDF)")
+        if omitter:
+            omitter.set_rate(omission.rate_at(iter_num, cfg["max_iters"], cfg["omit_rate"],
+                                              omission.parse_schedule(cfg["omit_schedule"])))
         lr = cosine_lr(iter_num, cfg["learning_rate"], cfg["warmup_iters"], decay_iters, cfg["min_lr_ratio"])
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -268,13 +304,17 @@ def main(argv):
         optimizer.zero_grad(set_to_none=True)
         iter_num += 1
         tokens_seen += tokens_per_iter
-        flops_spent += spdf_flops_per_iter
+        flops_spent += spdf_flops_per_iter if masks else dense_flops_per_iter  # dense after a VSPDF switch
+        if omitter:
+            flops_spent -= omitter.saved_train_flops(block_size, cfg["sparsity"] if masks else 0.0) * seqs_per_iter
 
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         dt, t0 = time.time() - t0, time.time()
         record = dict(iter=iter_num, loss=loss_sum, lr=lr, tokens_seen=tokens_seen,
                       flops_spent=flops_spent, tokens_per_s=tokens_per_iter / dt, step_ms=1000 * dt)
+        if omitter:
+            record["omit_rate"] = omitter.rate
         if peak:
             record["mfu"] = dense_flops_per_iter / dt / (peak * world)
         if iter_num % cfg["eval_interval"] == 0 or iter_num == cfg["max_iters"]:
