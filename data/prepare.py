@@ -7,6 +7,7 @@ tokenized and appended in batches, so no corpus ever has to fit in memory.
   python data/prepare.py enwiki                       # WikiExtractor text (*.txt or *.txt.xz)
   python data/prepare.py wikinews                     # Wikinews JSON lines
   python data/prepare.py pile --files=a.jsonl.zst,... # Pile-style JSON lines with a "text" field
+  python data/prepare.py pile --files=00.jsonl.zst,01.jsonl.zst --workers=16   # one process per shard
 
 Sources come from $SPDF_DATA_MIRROR when it holds them, else from the public address, or from
 --files. Documents go to val.bin one in `val_every` (deterministic, so re-runs agree).
@@ -114,16 +115,11 @@ DATASETS = {
 }
 
 
-def prepare(name, files=(), val_every=100, out_dir=None, batch_docs=256):
-    """Tokenize dataset `name` into <out_dir>/{train,val}.bin; returns their token counts."""
-    check(name in DATASETS, f"unknown dataset {name!r} (choose from {', '.join(DATASETS)})")
-    for f in files:
-        check(Path(f).is_file(), f"{name}: file not found: {f}")
-    out_dir = Path(out_dir or DATA_DIR / name)
-    out_dir.mkdir(parents=True, exist_ok=True)
+def _tokenize(name, files, val_every, out_dir, suffix, batch_docs=256):
+    """Tokenize the documents of `files` into <out_dir>/{train,val}<suffix>.bin; returns token counts."""
     enc = get_tokenizer()
     eot = enc.eot_token
-    outs = {s: open(out_dir / f"{s}.bin.tmp", "wb") for s in ("train", "val")}
+    outs = {s: open(out_dir / f"{s}{suffix}.bin.tmp", "wb") for s in ("train", "val")}
     counts = {"train": 0, "val": 0}
     batch = {"train": [], "val": []}
 
@@ -146,37 +142,96 @@ def prepare(name, files=(), val_every=100, out_dir=None, batch_docs=256):
     finally:
         for f in outs.values():
             f.close()
-    check(counts["train"] > 0 and counts["val"] > 0, f"{name}: no documents in the train or val split")
-    for split in outs:  # only complete files replace earlier ones
-        os.replace(out_dir / f"{split}.bin.tmp", out_dir / f"{split}.bin")
-    print(f"{name}: {counts['train']:,} train and {counts['val']:,} val tokens in {out_dir}")
     return counts
 
 
-def bin_path(name, split, data_dir=None):
-    return Path(data_dir or DATA_DIR / name) / f"{split}.bin"
+def _tokenize_shard(args):
+    return _tokenize(*args)
+
+
+def prepare(name, files=(), val_every=100, out_dir=None, workers=1):
+    """
+    Tokenize dataset `name` into <out_dir>/{train,val}.bin; returns the token counts. With
+    workers > 1 and several input files, each file is tokenized by its own process into its own
+    shard, {train,val}_NNN.bin, which load_tokens() reads back as one sequence.
+    """
+    check(name in DATASETS, f"unknown dataset {name!r} (choose from {', '.join(DATASETS)})")
+    for f in files:
+        check(Path(f).is_file(), f"{name}: file not found: {f}")
+    out_dir = Path(out_dir or DATA_DIR / name)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if workers > 1 and len(files) > 1:
+        from multiprocessing import Pool
+        jobs = [(name, [f], val_every, out_dir, f"_{k:03d}") for k, f in enumerate(files)]
+        with Pool(min(workers, len(jobs))) as pool:
+            per_shard = pool.map(_tokenize_shard, jobs)
+        suffixes = [job[-1] for job in jobs]
+    else:
+        per_shard, suffixes = [_tokenize(name, files, val_every, out_dir, "")], [""]
+    counts = {s: sum(c[s] for c in per_shard) for s in ("train", "val")}
+    check(counts["train"] > 0 and counts["val"] > 0, f"{name}: no documents in the train or val split")
+    for split in ("train", "val"):  # only complete files replace earlier ones
+        for old in out_dir.glob(f"{split}*.bin"):
+            old.unlink()
+        for suffix in suffixes:
+            os.replace(out_dir / f"{split}{suffix}.bin.tmp", out_dir / f"{split}{suffix}.bin")
+    print(f"{name}: {counts['train']:,} train and {counts['val']:,} val tokens in {out_dir}"
+          + (f" ({len(suffixes)} shards)" if len(suffixes) > 1 else ""))
+    return counts
+
+
+def _split_files(name, split, data_dir=None):
+    folder = Path(data_dir or DATA_DIR / name)
+    single = folder / f"{split}.bin"
+    return [single] if single.exists() else sorted(folder.glob(f"{split}_[0-9][0-9][0-9].bin"))
 
 
 def ensure_prepared(name, data_dir=None):
     check(name in DATASETS, f"unknown dataset {name!r} (choose from {', '.join(DATASETS)})")
-    if not (bin_path(name, "train", data_dir).exists() and bin_path(name, "val", data_dir).exists()):
+    if not (_split_files(name, "train", data_dir) and _split_files(name, "val", data_dir)):
         prepare(name, out_dir=data_dir)
 
 
+class Shards:
+    """Several memory-mapped token files read as one sequence: len() and [i:j] slices."""
+
+    def __init__(self, paths):
+        self.maps = [np.memmap(p, dtype=np.uint16, mode="r") for p in paths]
+        self.starts = np.cumsum([0] + [len(m) for m in self.maps])
+
+    def __len__(self):
+        return int(self.starts[-1])
+
+    def __getitem__(self, window):
+        start, stop = window.start or 0, window.stop if window.stop is not None else len(self)
+        k = int(np.searchsorted(self.starts, start, side="right")) - 1
+        pieces = []
+        while start < stop:  # a window may cross into the next shard
+            local = start - self.starts[k]
+            piece = self.maps[k][local:local + (stop - start)]
+            pieces.append(piece)
+            start += len(piece)
+            k += 1
+        return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+
+
 def load_tokens(name, split, data_dir=None):
-    """The split as a read-only uint16 memmap (pages in only what batches touch)."""
-    return np.memmap(bin_path(name, split, data_dir), dtype=np.uint16, mode="r")
+    """The split as a read-only uint16 memmap (pages in only what batches touch), shards joined."""
+    paths = _split_files(name, split, data_dir)
+    check(paths, f"no {split} tokens for {name} in {data_dir or DATA_DIR / name}")
+    return np.memmap(paths[0], dtype=np.uint16, mode="r") if len(paths) == 1 else Shards(paths)
 
 
 def main(argv):
     check(len(argv) >= 1 and not argv[0].startswith("--"),
-          f"usage: python data/prepare.py NAME [--files=a,b] [--val_every=100] (NAME: {', '.join(DATASETS)})")
+          f"usage: python data/prepare.py NAME [--files=a,b] [--val_every=100] [--workers=N] (NAME: {', '.join(DATASETS)})")
     opts = dict(a[2:].split("=", 1) for a in argv[1:] if a.startswith("--") and "=" in a)
-    unknown = set(opts) - {"files", "val_every", "out_dir"}
+    unknown = set(opts) - {"files", "val_every", "out_dir", "workers"}
     check(not unknown and len(opts) == len(argv) - 1, f"unknown option(s): {' '.join(argv[1:])}")
     files = [f for f in opts.get("files", "").split(",") if f]
-    check(re.fullmatch(r"\d+", opts.get("val_every", "100")) is not None, "--val_every must be a positive integer")
-    prepare(argv[0], files, int(opts.get("val_every", 100)), opts.get("out_dir"))
+    for key, default in (("val_every", "100"), ("workers", "1")):
+        check(re.fullmatch(r"[1-9]\d*", opts.get(key, default)) is not None, f"--{key} must be a positive integer")
+    prepare(argv[0], files, int(opts.get("val_every", 100)), opts.get("out_dir"), int(opts.get("workers", 1)))
 
 
 if __name__ == "__main__":

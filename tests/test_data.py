@@ -69,3 +69,22 @@ def test_bad_inputs_raise_usage_errors_and_keep_old_bins(tmp_path):
     with pytest.raises(UsageError, match="bad.jsonl:2"):
         prepare("pile", files=[str(bad)], out_dir=out)
     assert (out / "train.bin").read_bytes() == before  # a failed run never replaces good files
+
+
+def test_several_shards_tokenize_in_parallel_and_read_back_as_one_sequence(tmp_path):
+    files = []
+    for k in range(3):
+        f = tmp_path / f"{k:02d}.jsonl"
+        f.write_text("".join(json.dumps({"text": f"shard {k} {d}"}) + "\n" for d in DOCS))
+        files.append(str(f))
+    sharded = prepare("pile", files=files, val_every=4, out_dir=tmp_path / "sharded", workers=3)
+    single = prepare("pile", files=files[:1], val_every=4, out_dir=tmp_path / "single")
+    assert sorted(p.name for p in (tmp_path / "sharded").glob("train*.bin")) == \
+        ["train_000.bin", "train_001.bin", "train_002.bin"]
+    joined = load_tokens("pile", "train", tmp_path / "sharded")
+    first = np.fromfile(tmp_path / "single" / "train.bin", dtype=np.uint16)
+    assert len(joined) == sharded["train"] and np.array_equal(joined[0:len(first)], first)
+    window = joined[len(first) - 3:len(first) + 5]  # crosses from shard 0 into shard 1
+    expect = np.concatenate([first, np.fromfile(tmp_path / "sharded" / "train_001.bin", dtype=np.uint16)])
+    assert np.array_equal(window, expect[len(first) - 3:len(first) + 5])
+    assert single["train"] == len(first)
