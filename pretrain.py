@@ -6,6 +6,12 @@ trained with exactly the dense schedule. --sparsity=0 is the dense baseline.
   python pretrain.py config/pretrain_gpt2_small.py --sparsity=0.75
   torchrun --standalone --nproc_per_node=8 pretrain.py config/pretrain_gpt3_xl.py --sparsity=0.75
 
+Related systems, as options (their logic lives in their own modules):
+  --init_from=out/ckpt.pt --mask_method=sparsegpt --sparsity=0.5   SparseGPT one-shot prune, then sparse
+                                                                   continued pre-training (sparsegpt.py)
+  --sparsity=0.9 --densify_at=0.87    Variable SPDF: sparse, then dense from 87% of max_iters on
+  --init_from=out/ckpt.pt --omit_rate=0.5    SAT-style neuron omission, ladder down to dense (omission.py)
+
 Arguments: config files (Python assignments) and --key=value overrides of DEFAULTS below.
 """
 import json
@@ -76,7 +82,7 @@ def validate(cfg):
     check(cfg["mask_method"] != "sparsegpt" or cfg["init_from"] != "scratch",
           "--mask_method=sparsegpt prunes a trained model: give --init_from=<checkpoint>")
     check(cfg["calib_samples"] >= 1, "--calib_samples must be at least 1")
-    check(*(sparsegpt.validate_pattern(cfg["sparsity"], cfg["prune_n"], cfg["prune_m"])))
+    check(*sparsegpt.validate_pattern(cfg["sparsity"], cfg["prune_n"], cfg["prune_m"]))
     check(not cfg["prune_n"] or cfg["mask_method"] == "sparsegpt", "--prune_n/--prune_m need --mask_method=sparsegpt")
     check(cfg["densify_at"] >= 0, "--densify_at must be non-negative")
     check(0.0 <= cfg["omit_rate"] < 1.0, f"--omit_rate must be in [0, 1), got {cfg['omit_rate']}")

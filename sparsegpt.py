@@ -26,11 +26,13 @@ activations enter block i, hooks on its six matrices collect their Hessians from
 dense block, the six are pruned, and the block is re-run so block i+1 is calibrated on the
 pruned block's outputs. Embeddings, LayerNorms, biases and the LM head are left dense.
 All the math is float32, whatever the model's dtype.
+
+  python sparsegpt.py --ckpt=out/ckpt.pt --sparsity=0.5 [--prune_n=2 --prune_m=4]   # one-shot val loss:
+                                                       # dense vs magnitude vs SparseGPT
 """
 import math
 
 import torch
-import torch.nn.functional as F
 
 import sparsity as sp
 
@@ -171,3 +173,64 @@ def validate_pattern(sparsity, prune_n, prune_m):
     if abs(sparsity - prune_n / prune_m) > 1e-9:
         return False, f"--prune_n={prune_n} --prune_m={prune_m} means --sparsity={prune_n / prune_m:g}, got {sparsity}"
     return True, ""
+
+
+# -----------------------------------------------------------------------------
+# one-shot comparison: validation loss of a checkpoint dense, magnitude-pruned and SparseGPT-pruned
+
+COMPARE = dict(ckpt="", sparsity=0.5, prune_n=0, prune_m=0, calib_samples=128, eval_batches=20,
+               batch_size=8, dataset="", data_dir="", seed=0, device="cpu")
+
+
+def main(argv):
+    import copy
+    from common import check, load_checkpoint, parse_config
+    from data.prepare import ensure_prepared, load_tokens
+    from model import GPT, GPTConfig
+    cfg, _ = parse_config(COMPARE, argv)
+    check(cfg["ckpt"], "usage: python sparsegpt.py --ckpt=PATH [--sparsity=0.5 --prune_n=2 --prune_m=4 ...]")
+    check(0 < cfg["sparsity"] < 1, f"--sparsity must be in (0, 1), got {cfg['sparsity']}")
+    check(*validate_pattern(cfg["sparsity"], cfg["prune_n"], cfg["prune_m"]))
+    ckpt = load_checkpoint(cfg["ckpt"])
+    dataset = cfg["dataset"] or ckpt["config"]["dataset"]
+    data_dir = cfg["data_dir"] or ckpt["config"].get("data_dir") or None
+    ensure_prepared(dataset, data_dir)
+    model = GPT(GPTConfig(**ckpt["model_config"]))
+    model.load_state_dict(ckpt["model"])
+    model.to(cfg["device"]).eval()
+    T = model.config.block_size
+    val = calibration_batches(load_tokens(dataset, "val", data_dir), cfg["eval_batches"] * cfg["batch_size"],
+                              T, seed=cfg["seed"] + 1, batch_size=cfg["batch_size"])
+    calib = calibration_batches(load_tokens(dataset, "train", data_dir), cfg["calib_samples"], T, cfg["seed"])
+
+    @torch.no_grad()
+    def val_loss(m):
+        losses = [m(x[:, :-1].to(cfg["device"]), x[:, 1:].to(cfg["device"]))[1].item() for x in val]
+        return sum(losses) / len(losses)
+
+    pattern = f"{cfg['prune_n']}:{cfg['prune_m']}" if cfg["prune_n"] else f"{cfg['sparsity']:.0%} unstructured"
+    rows = [("dense", val_loss(model))]
+    mag = copy.deepcopy(model)
+    for name, p in mag.named_parameters():
+        if name in sp.sparsifiable(mag):
+            if cfg["prune_n"]:  # magnitude n:m: the n smallest |w| of each group of m inputs
+                groups = p.detach().abs().view(p.shape[0], -1, cfg["prune_m"])
+                drop = groups.topk(cfg["prune_n"], dim=-1, largest=False).indices
+                keep = torch.ones_like(groups, dtype=torch.bool).scatter_(-1, drop, False).view(p.shape)
+            else:
+                keep = sp.magnitude_mask(p, cfg["sparsity"]).to(p.device)
+            p.data.mul_(keep)
+    rows.append((f"magnitude {pattern}", val_loss(mag)))
+    masks = prune(model, calib, cfg["sparsity"], cfg["prune_n"], cfg["prune_m"])
+    check(sp.check_masked(model, sp.masks_to(masks, cfg["device"])), "a pruned weight is non-zero")
+    rows.append((f"sparsegpt {pattern}", val_loss(model)))
+    print(f"one-shot pruning of {cfg['ckpt']} ({dataset} val, {len(val)} x {cfg['batch_size']} windows of {T}; "
+          f"{cfg['calib_samples']} calibration sequences)")
+    for label, loss in rows:
+        print(f"{label:28s} val loss {loss:.4f}  ppl {math.exp(loss):9.2f}")
+    return dict(rows)
+
+
+if __name__ == "__main__":
+    from common import run_cli
+    run_cli(main)

@@ -108,6 +108,10 @@ def test_pretrain_sparsegpt_from_dense_checkpoint(tmp_path, shakespeare_dir):
         assert (mask.view(mask.shape[0], -1, 4).sum(-1) == 2).all()  # 2:4 held through training
         assert not ck["model"][name][~mask].any()
         assert not torch.equal(ck["model"][name], dense["model"][name])
+    # the one-shot comparison CLI
+    losses = sparsegpt.main([f"--ckpt={tmp_path / 'dense'}", "--calib_samples=4", "--eval_batches=1", "--batch_size=2"])
+    assert list(losses) == ["dense", "magnitude 50% unstructured", "sparsegpt 50% unstructured"]
+    assert all(0 < v < 20 for v in losses.values())
 
 
 def test_cli_errors(tmp_path, shakespeare_dir):
