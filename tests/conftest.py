@@ -29,3 +29,13 @@ def shakespeare_dir(tmp_path_factory):
 def run_pretrain(out_dir, data_dir, *args):
     import pretrain
     return pretrain.main([*TINY_RUN, f"--data_dir={data_dir}", f"--out_dir={out_dir}", *args])
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(tmp_path_factory, shakespeare_dir):
+    """A 2-step pre-training run of the tiny model at 75% sparsity, block_size 64 (room for an
+    E2E example); returns its out_dir, which holds ckpt.pt with masks."""
+    out = tmp_path_factory.mktemp("tiny_ckpt")
+    run_pretrain(out, shakespeare_dir, "--max_iters=2", "--eval_interval=2", "--eval_iters=1",
+                 "--block_size=64", "--sparsity=0.75")
+    return out

@@ -1,0 +1,311 @@
+"""
+Dense fine-tuning and evaluation (SPDF step 3): start from a (sparse) pre-trained checkpoint,
+lift the masks (pruned weights start at 0 and learn) and train every parameter on a downstream
+task; then decode the test set with beam search and score it with the task's official metrics.
+--sparse=True keeps the masks instead (the paper's sparse fine-tuning baseline).
+
+  python finetune.py --task=e2e --init_from=out                    # a pre-training out_dir
+  python finetune.py --task=webnlg --init_from=out/ckpt.pt --sparse=True
+  python finetune.py --task=curation --data=curation-corpus.csv --init_from=out
+  python finetune.py --task=e2e --init_from=out-finetune --eval_only=True --beam_size=1
+
+Writes <out_dir>/ckpt.pt (best validation loss), predictions.txt, references.txt, metrics.json.
+"""
+import json
+import math
+import os
+import random
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+import sparsity as sp
+from common import (autocast, check, get_tokenizer, linear_lr, load_checkpoint, parse_config,
+                    pick_device, run_cli, save_checkpoint)
+from data.tasks import (EOT, NLG_TASKS, TASKS, encode_example, encode_prompt, flatten,
+                        load_groups)
+from decode import beam_search
+from flops import train_flops
+from model import GPT, GPTConfig
+
+DEFAULTS = dict(
+    task="e2e",                 # e2e | webnlg | dart | curation | summarization
+    data="",                    # curation/summarization: CSV or JSON lines with article, summary
+    init_from="",               # a pre-training checkpoint or out_dir (or a fine-tuned one)
+    sparse=False,               # keep the pre-training masks (sparse fine-tuning baseline)
+    out_dir="out-finetune",
+    eval_only=False,            # score init_from as it is, no training
+    # optimization: LoRA's GPT-2 recipe (the paper grid-searches batch and LR per task)
+    max_epochs=5,
+    patience=1,                 # early stopping: epochs without a better validation loss
+    batch_size=8,
+    learning_rate=1e-4,
+    warmup_iters=500,           # capped at 10% of all steps, so short runs still decay
+    weight_decay=0.01,
+    grad_clip=1.0,
+    label_smoothing=-1.0,       # -1 = per task (LoRA: 0.1 E2E/WebNLG, 0 DART/summarization)
+    dropout=-1.0,               # -1 = per task (LoRA: 0.1 E2E/WebNLG, 0 DART/summarization)
+    max_examples=0,             # >0: train on a random subset this large (validate on as many)
+    # decoding: LoRA's Table 11 settings
+    beam_size=10,
+    length_penalty=-1.0,        # -1 = per task: 0.9 E2E, 0.8 WebNLG/DART
+    no_repeat_ngram=4,
+    max_new_tokens=64,
+    eval_examples=0,            # >0: decode only the first N test inputs
+    decode_batch=16,            # test inputs decoded together (each with beam_size beams)
+    device="auto",
+    seed=1337,
+)
+PER_TASK = {  # label_smoothing, dropout, length_penalty
+    "e2e": (0.1, 0.1, 0.9), "webnlg": (0.1, 0.1, 0.8), "dart": (0.0, 0.0, 0.8),
+    "curation": (0.0, 0.0, 1.0), "summarization": (0.0, 0.0, 1.0),
+}
+
+
+def validate(cfg):
+    check(cfg["task"] in TASKS, f"unknown task {cfg['task']!r} (choose from {', '.join(TASKS)})")
+    check(bool(cfg["init_from"]), "--init_from=<checkpoint or pre-training out_dir> is required")
+    for key in ("max_epochs", "batch_size", "beam_size", "max_new_tokens", "decode_batch"):
+        check(cfg[key] >= 1, f"--{key} must be at least 1, got {cfg[key]}")
+    for key in ("max_examples", "eval_examples", "warmup_iters", "no_repeat_ngram", "patience"):
+        check(cfg[key] >= 0, f"--{key} must be non-negative, got {cfg[key]}")
+    check(cfg["learning_rate"] > 0, "--learning_rate must be positive")
+    check(cfg["label_smoothing"] == -1 or 0 <= cfg["label_smoothing"] < 1, "--label_smoothing must be in [0, 1)")
+    check(cfg["dropout"] == -1 or 0 <= cfg["dropout"] < 1, "--dropout must be in [0, 1)")
+    check(cfg["length_penalty"] == -1 or cfg["length_penalty"] >= 0, "--length_penalty must be >= 0")
+    if cfg["task"] in ("curation", "summarization"):
+        check(bool(cfg["data"]), f"--task={cfg['task']} needs --data=<file>")
+    ls, do, lp = PER_TASK[cfg["task"]]
+    cfg["label_smoothing"] = ls if cfg["label_smoothing"] == -1 else cfg["label_smoothing"]
+    cfg["dropout"] = do if cfg["dropout"] == -1 else cfg["dropout"]
+    cfg["length_penalty"] = lp if cfg["length_penalty"] == -1 else cfg["length_penalty"]
+
+
+def batches(examples, batch_size, shuffle, rng):
+    order = list(range(len(examples)))
+    if shuffle:
+        rng.shuffle(order)
+    for i in range(0, len(order), batch_size):
+        yield [examples[j] for j in order[i:i + batch_size]]
+
+
+def collate(batch, device):
+    """Right-pad (ids, mask) pairs: x = ids[:-1], y = ids[1:], loss only on completion targets."""
+    T = max(len(ids) for ids, _ in batch) - 1
+    x = torch.full((len(batch), T), EOT, dtype=torch.long)
+    y = torch.full((len(batch), T), EOT, dtype=torch.long)
+    m = torch.zeros((len(batch), T), dtype=torch.bool)
+    for i, (ids, mask) in enumerate(batch):
+        n = len(ids) - 1
+        x[i, :n], y[i, :n] = torch.tensor(ids[:-1]), torch.tensor(ids[1:])
+        m[i, :n] = torch.tensor(mask)
+    return x.to(device), y.to(device), m.to(device)
+
+
+def completion_loss(model, x, y, m, label_smoothing=0.0):
+    """Mean cross-entropy over completion tokens (sum, count), optionally label-smoothed."""
+    logits, _ = model(x)
+    loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), y.view(-1), reduction="none",
+                           label_smoothing=label_smoothing)
+    mask = m.view(-1).float()
+    return (loss * mask).sum(), mask.sum()
+
+
+@torch.no_grad()
+def evaluate_loss(model, examples, batch_size, device):
+    """Mean completion-token NLL (no label smoothing) over all examples."""
+    model.eval()
+    total, count = 0.0, 0.0
+    for batch in batches(examples, batch_size, False, None):
+        x, y, m = collate(batch, device)
+        with autocast(device):
+            s, n = completion_loss(model, x, y, m)
+        total, count = total + s.item(), count + n.item()
+    model.train()
+    return total / max(count, 1.0)
+
+
+def load_model(cfg, device):
+    """Model, masks to keep (empty for dense FT) and the pre-training sparsity."""
+    ckpt = load_checkpoint(cfg["init_from"])
+    try:
+        mcfg = GPTConfig(**{**ckpt["model_config"], "dropout": cfg["dropout"]})
+        model = GPT(mcfg)
+        model.load_state_dict(ckpt["model"])
+    except (TypeError, RuntimeError, KeyError) as e:
+        check(False, f"{cfg['init_from']}: checkpoint does not match model.py ({type(e).__name__})")
+    saved = ckpt.get("config", {})
+    pretrain_sparsity = float(ckpt.get("pretrain_sparsity", saved.get("sparsity", 0.0)))
+    masks = ckpt.get("masks") or {}
+    if masks:
+        sp.apply_masks(model, masks)  # pruned entries are 0 already; make sure
+    if not cfg["sparse"]:
+        masks = {}  # SPDF: lift the masks, pruned weights start at 0 and train
+    elif not masks and pretrain_sparsity > 0 and not cfg["eval_only"]:
+        check(False, f"--sparse=True but {cfg['init_from']} holds no masks")
+    return model.to(device), sp.masks_to(masks, device), pretrain_sparsity, mcfg, ckpt
+
+
+def finetune(cfg, model, masks, mcfg, train, val, device, pretrain_sparsity):
+    """Train with early stopping on validation loss; returns (best state, log dict)."""
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    optimizer = torch.optim.AdamW([dict(params=decay, weight_decay=cfg["weight_decay"]),
+                                   dict(params=no_decay, weight_decay=0.0)], lr=cfg["learning_rate"])
+    sp.mask_optimizer_state(optimizer, model, masks)
+    steps_per_epoch = math.ceil(len(train) / cfg["batch_size"])
+    total_steps = steps_per_epoch * cfg["max_epochs"]
+    warmup = min(cfg["warmup_iters"], total_steps // 10)
+    flops_sparsity = pretrain_sparsity if masks else 0.0
+    rng = random.Random(cfg["seed"])
+    step, flops, best_val, best_state, bad_epochs, history = 0, 0.0, float("inf"), None, 0, []
+    t0 = time.time()
+    model.train()
+    for epoch in range(cfg["max_epochs"]):
+        bar = tqdm(batches(train, cfg["batch_size"], True, rng), total=steps_per_epoch,
+                   desc=f"epoch {epoch + 1}/{cfg['max_epochs']}", dynamic_ncols=True)
+        for batch in bar:
+            lr = linear_lr(step, cfg["learning_rate"], warmup, total_steps)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            x, y, m = collate(batch, device)
+            with autocast(device):
+                s, n = completion_loss(model, x, y, m, cfg["label_smoothing"])
+            loss = s / n.clamp(min=1)
+            loss.backward()
+            sp.mask_grads(model, masks)
+            if cfg["grad_clip"] > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
+            optimizer.step()
+            sp.apply_masks(model, masks)  # AdamW's decoupled decay touches every entry
+            optimizer.zero_grad(set_to_none=True)
+            # FLOPs of this step: every sequence at the padded length the model actually ran
+            flops += train_flops(mcfg, x.size(1), flops_sparsity, mcfg.vocab_size) * x.size(0)
+            step += 1
+            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2e}")
+        bar.close()
+        val_loss = evaluate_loss(model, val, cfg["batch_size"], device)
+        history.append(dict(epoch=epoch + 1, step=step, val_loss=val_loss, flops=flops))
+        print(f"epoch {epoch + 1}: val loss {val_loss:.4f} (ppl {math.exp(min(val_loss, 50)):.2f})")
+        if val_loss < best_val:
+            best_val, bad_epochs = val_loss, 0
+            best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        else:
+            bad_epochs += 1
+            if cfg["patience"] and bad_epochs >= cfg["patience"]:
+                print(f"early stopping: validation loss has not improved for {bad_epochs} epoch(s)")
+                break
+    return best_state, dict(steps=step, epochs=len(history), best_val_loss=best_val, history=history,
+                            flops=flops, train_seconds=time.time() - t0, warmup_iters=warmup)
+
+
+def decode_groups(cfg, model, enc, groups, device):
+    """Beam-search every group's context; inputs of equal prompt length share a batch."""
+    model.eval()
+    prompts = [encode_prompt(enc, g["context"], model.config.block_size) for g in groups]
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    chunks, chunk = [], []
+    for i in order:
+        if chunk and (len(prompts[i]) != len(prompts[chunk[0]]) or len(chunk) == cfg["decode_batch"]):
+            chunks.append(chunk)
+            chunk = []
+        chunk.append(i)
+    chunks.append(chunk)
+    outputs = [None] * len(groups)
+    for chunk in tqdm(chunks, desc=f"beam search (beam {cfg['beam_size']})", dynamic_ncols=True):
+        with autocast(device):
+            tokens = beam_search(model, [prompts[i] for i in chunk], cfg["beam_size"], cfg["max_new_tokens"],
+                                 cfg["length_penalty"], cfg["no_repeat_ngram"], EOT)
+        for i, toks in zip(chunk, tokens):
+            outputs[i] = " ".join(enc.decode(toks).split())  # one line per input
+    return outputs
+
+
+def main(argv):
+    cfg, overrides = parse_config(DEFAULTS, argv)
+    validate(cfg)
+    device = pick_device(cfg["device"])
+    torch.manual_seed(cfg["seed"])
+    out_dir = Path(cfg["out_dir"] if "out_dir" in overrides or not cfg["eval_only"]
+                   else (cfg["init_from"] if os.path.isdir(cfg["init_from"]) else os.path.dirname(cfg["init_from"])))
+    check(cfg["eval_only"] or not (out_dir / "ckpt.pt").exists(),
+          f"{out_dir / 'ckpt.pt'} exists: choose another --out_dir (saved work is never overwritten)")
+    model, masks, pretrain_sparsity, mcfg, ckpt = load_model(cfg, device)
+    enc = get_tokenizer()
+    task, block = cfg["task"], mcfg.block_size
+    print(f"{task}: {model.num_params():,} parameters from {cfg['init_from']} (pre-trained at sparsity "
+          f"{pretrain_sparsity:.0%}), {'sparse' if masks else 'dense'} fine-tuning on {device}")
+
+    run_log = dict(ckpt.get("finetune", {})) if cfg["eval_only"] else {}
+    if not cfg["eval_only"]:
+        train_groups, note = load_groups(task, "train", cfg["data"], cfg["seed"])
+        val_groups, _ = load_groups(task, "val", cfg["data"], cfg["seed"])
+        if note:
+            print(f"note: {note}")
+            run_log["data_note"] = note
+        rng = random.Random(cfg["seed"])
+        train, val = flatten(train_groups), flatten(val_groups)
+        if cfg["max_examples"]:
+            train = rng.sample(train, min(cfg["max_examples"], len(train)))
+            val = rng.sample(val, min(cfg["max_examples"], len(val)))
+        check(train and val, f"{task}: empty train or validation split")
+        train = [encode_example(enc, e["context"], e["completion"], block) for e in train]
+        val = [encode_example(enc, e["context"], e["completion"], block) for e in val]
+        print(f"{len(train):,} training and {len(val):,} validation examples")
+        best_state, log = finetune(cfg, model, masks, mcfg, train, val, device, pretrain_sparsity)
+        model.load_state_dict(best_state)
+        if masks:
+            assert sp.check_masked(model, masks), "a pruned weight is non-zero after sparse fine-tuning"
+        run_log.update(log)
+        save_checkpoint(dict(model=best_state, masks={n: m.cpu() for n, m in masks.items()}, config=cfg,
+                             model_config=asdict(mcfg), pretrain_sparsity=pretrain_sparsity,
+                             pretrain_config=ckpt.get("config", {}), finetune=run_log, iter_num=log["steps"],
+                             best_val_loss=log["best_val_loss"]), out_dir / "ckpt.pt")
+        print(f"saved the best model (val loss {log['best_val_loss']:.4f}) to {out_dir / 'ckpt.pt'}")
+
+    # evaluation on the test split
+    out_dir.mkdir(parents=True, exist_ok=True)
+    test_groups, note = load_groups(task, "test", cfg["data"], cfg["seed"])
+    if cfg["eval_examples"]:
+        test_groups = test_groups[:cfg["eval_examples"]]
+    check(test_groups, f"{task}: empty test split")
+    metrics = dict(task=task, n_examples=len(test_groups), sparse_finetune=bool(cfg["sparse"]),
+                   pretrain_sparsity=pretrain_sparsity, init_from=str(cfg["init_from"]))
+    if task in NLG_TASKS:
+        t0 = time.time()
+        hyps = decode_groups(cfg, model, enc, test_groups, device)
+        metrics["decode_seconds"] = time.time() - t0
+        refs = [g["refs"] for g in test_groups]
+        (out_dir / "predictions.txt").write_text("".join(h + "\n" for h in hyps), encoding="utf-8")
+        (out_dir / "references.txt").write_text("\n".join("".join(r + "\n" for r in rs) for rs in refs),
+                                                encoding="utf-8")
+        from metrics import nlg_metrics
+        metrics.update(nlg_metrics(task, hyps, refs, [g["seen"] for g in test_groups]))
+        metrics.update(beam_size=cfg["beam_size"], length_penalty=cfg["length_penalty"],
+                       no_repeat_ngram=cfg["no_repeat_ngram"])
+    else:  # summarization: perplexity of the summary given the article
+        test = [encode_example(enc, g["context"], g["refs"][0], block) for g in test_groups]
+        metrics["test_loss"] = evaluate_loss(model, test, cfg["batch_size"], device)
+        metrics["perplexity"] = math.exp(metrics["test_loss"])
+    if "flops" in run_log:
+        metrics.update(flops=run_log["flops"], train_steps=run_log["steps"], epochs=run_log["epochs"],
+                       best_val_loss=run_log["best_val_loss"])
+    if run_log.get("data_note"):
+        metrics["data_note"] = run_log["data_note"]
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
+    for key in ("meteor_missing",):
+        if key in metrics:
+            print(f"warning: {metrics[key]}")
+    shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in metrics.items()
+             if k in ("bleu", "nist", "meteor", "rouge_l", "cider", "ter", "perplexity", "flops")}
+    print(f"{task} test ({len(test_groups)} inputs): {shown}")
+    print(f"wrote {out_dir}/metrics.json" + (", predictions.txt, references.txt" if task in NLG_TASKS else ""))
+    return metrics
+
+
+if __name__ == "__main__":
+    run_cli(main)
