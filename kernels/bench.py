@@ -1,0 +1,174 @@
+"""
+Benchmark: dense torch.matmul vs torch.sparse.mm (CSR) vs our CSR kernel, same inputs, one run.
+
+    python -m kernels.bench                      # full: 2048 tokens, GPT-2 Small + GPT-3 XL shapes
+    python -m kernels.bench --quick              # a short run (GPT-2 Small shapes, 2 sparsities)
+    python -m kernels.bench --json out/kernels.json --threads 2
+
+Each layer computes y = x @ W.T with x (tokens, in) and a random unstructured mask of the given
+sparsity. The three methods are timed interleaved (dense, torch.sparse, ours, dense, ...) and
+the best of --repeats is kept, so a burst of load from other processes hits all of them alike.
+Speedups are time ratios from the same run; "ideal" is 1 / (1 - s), the FLOP ratio.
+Then greedy generation: the masked dense GPT against the same GPT converted to SparseLinear,
+tokens per second on the CPU, and whether both produced the same tokens.
+On CUDA (when present) the table adds dense bf16 and ours with bf16 inputs.
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import sys
+import time
+import warnings
+
+import torch
+
+from common import UsageError, run_cli
+from kernels import csr_matmul, to_csr, to_sparse_model
+
+# (model, layer, out_features, in_features): the MLP matrices, the largest of each model
+SHAPES = [("gpt2-small", "c_fc", 3072, 768), ("gpt2-small", "c_proj", 768, 3072),
+          ("gpt3-xl", "c_fc", 8192, 2048), ("gpt3-xl", "c_proj", 2048, 8192)]
+
+
+def _timer(device):
+    def run(fn):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - t
+    return run
+
+
+def bench_layer(device, m, k, sparsity, tokens, repeats, gen):
+    w = torch.randn(m, k, generator=gen).mul_(torch.rand(m, k, generator=gen) >= sparsity).to(device)
+    x = torch.randn(tokens, k, generator=gen).to(device)
+    ours_csr, torch_csr = to_csr(w), w.to_sparse_csr()
+    methods = {
+        "dense": lambda: torch.matmul(x, w.t()),
+        "torch_sparse": lambda: torch.sparse.mm(torch_csr, x.t()).t(),
+        "ours": lambda: csr_matmul(ours_csr, x),
+    }
+    if device == "cuda":
+        wb, xb = w.bfloat16(), x.bfloat16()
+        methods["dense_bf16"] = lambda: torch.matmul(xb, wb.t())
+        methods["ours_bf16"] = lambda: csr_matmul(ours_csr, xb)
+    ref = methods["dense"]()
+    err = (methods["ours"]() - ref).abs().max().item() / ref.abs().max().clamp(min=1e-30).item()
+    timer = _timer(device)
+    times = {name: float("inf") for name in methods}
+    for _ in range(repeats):  # interleaved; the first call of each is also its warm-up
+        for name, fn in methods.items():
+            times[name] = min(times[name], timer(fn))
+    return times, err
+
+
+def bench_generation(preset, sparsity, prompt_len, new_tokens, seed=0):
+    """Tokens/s of greedy generation: masked dense GPT vs the same GPT with SparseLinear."""
+    from model import GPT, PRESETS
+    from sparsity import apply_masks, make_masks
+    torch.manual_seed(seed)
+    model = GPT(PRESETS[preset]).eval()
+    masks = make_masks(model, sparsity, "random", seed)
+    apply_masks(model, masks)
+    prompt = torch.randint(0, model.config.vocab_size, (1, prompt_len), generator=torch.Generator().manual_seed(seed))
+
+    def run(m):
+        m.generate(prompt, 2, temperature=0)  # warm-up (and the C++ build, if not cached)
+        t = time.perf_counter()
+        out = m.generate(prompt, new_tokens, temperature=0)
+        return out, time.perf_counter() - t
+
+    dense_out, dense_s = run(model)
+    to_sparse_model(model, masks)
+    sparse_out, sparse_s = run(model)
+    return dict(model=preset, sparsity=sparsity, prompt_len=prompt_len, new_tokens=new_tokens,
+                dense_tok_s=new_tokens / dense_s, sparse_tok_s=new_tokens / sparse_s,
+                speedup=dense_s / sparse_s, same_tokens=bool(torch.equal(dense_out, sparse_out)))
+
+
+def _fmt(t):
+    return f"{t * 1e3:9.1f}" if t is not None and t != float("inf") else "        -"
+
+
+def table_header(cuda):
+    head = (f"{'device':6s} {'layer':18s} {'out x in':>11s} {'s':>5s} {'dense ms':>9s} {'t.sparse':>9s} "
+            f"{'ours ms':>9s} {'vs dense':>8s} {'vs t.sp':>8s} {'ideal':>6s}")
+    return head + (f" {'dense bf16':>10s} {'ours bf16':>9s}" if cuda else "")
+
+
+def table_line(r, cuda):
+    t = {n: v / 1e3 for n, v in r["ms"].items()}
+    line = (f"{r['device']:6s} {r['model'] + ' ' + r['layer']:18s} {r['out']:>5d}x{r['in']:<5d} {r['sparsity']:5.2f} "
+            f"{_fmt(t['dense'])} {_fmt(t['torch_sparse'])} {_fmt(t['ours'])} "
+            f"{r['speedup_vs_dense']:7.2f}x {r['speedup_vs_torch_sparse']:7.2f}x {r['ideal']:5.1f}x")
+    return line + (f" {_fmt(t.get('dense_bf16')):>10s} {_fmt(t.get('ours_bf16'))}" if cuda else "")
+
+
+def main(argv):
+    p = argparse.ArgumentParser(prog="python -m kernels.bench", description=__doc__.split("\n")[1])
+    p.error = lambda msg: (_ for _ in ()).throw(UsageError(msg))  # one-line errors via run_cli
+    p.add_argument("--quick", action="store_true", help="GPT-2 Small shapes, s=0.75/0.9, 2 repeats, mini model")
+    p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads (torch.set_num_threads)")
+    p.add_argument("--tokens", type=int, default=2048)
+    p.add_argument("--sparsity", type=float, nargs="+", default=[0.5, 0.75, 0.9, 0.95])
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--devices", nargs="+", default=None, help="default: cpu, plus cuda when present")
+    p.add_argument("--gen_model", default="gpt2-small", help="GPT preset for the generation benchmark")
+    p.add_argument("--gen_tokens", type=int, default=32)
+    p.add_argument("--no_gen", action="store_true", help="skip the generation benchmark")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.sparsity, args.repeats, args.gen_model, args.gen_tokens = [0.75, 0.9], 2, "mini", 16
+    shapes = SHAPES[:2] if args.quick else SHAPES
+    devices = args.devices or (["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+    if args.threads < 1 or args.tokens < 1 or args.repeats < 1:
+        raise UsageError("--threads, --tokens and --repeats must be positive")
+    if not all(0.0 <= s < 1.0 for s in args.sparsity):
+        raise UsageError("every --sparsity must be in [0, 1)")
+    if "cuda" in devices and not torch.cuda.is_available():
+        raise UsageError("--devices cuda, but CUDA is not available")
+    if args.json and os.path.isdir(args.json):
+        raise UsageError(f"--json {args.json} is a directory")
+    torch.set_num_threads(args.threads)
+    warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+
+    started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    print(f"# kernels.bench {started}; torch {torch.__version__}; CPU threads {args.threads}; "
+          f"{platform.processor() or platform.machine()}"
+          + (f"; GPU {torch.cuda.get_device_name()}" if "cuda" in devices else ""))
+    rows, gen = [], torch.Generator().manual_seed(0)
+    print(table_header("cuda" in devices))
+    for device in devices:
+        for model, layer, m, k in shapes:
+            for s in args.sparsity:
+                times, err = bench_layer(device, m, k, s, args.tokens, args.repeats, gen)
+                rows.append(dict(device=device, model=model, layer=layer, out=m, **{"in": k}, sparsity=s,
+                                 tokens=args.tokens, ms={n: t * 1e3 for n, t in times.items()},
+                                 speedup_vs_dense=times["dense"] / times["ours"],
+                                 speedup_vs_torch_sparse=times["torch_sparse"] / times["ours"],
+                                 ideal=1 / (1 - s), max_rel_err=err))
+                print(table_line(rows[-1], "cuda" in devices), flush=True)
+    result = dict(date=started, command="python -m kernels.bench " + " ".join(argv),
+                  torch=torch.__version__, threads=args.threads, platform=platform.platform(),
+                  cuda=torch.cuda.get_device_name() if "cuda" in devices else None, layers=rows)
+    if not args.no_gen:
+        g = bench_generation(args.gen_model, 0.75, 16, args.gen_tokens)
+        print(f"\ngreedy generation, {g['model']} at s=0.75, CPU, batch 1, {g['prompt_len']}-token prompt, "
+              f"{g['new_tokens']} new tokens: dense {g['dense_tok_s']:.1f} tok/s, sparse "
+              f"{g['sparse_tok_s']:.1f} tok/s, speedup {g['speedup']:.2f}x, same tokens: {g['same_tokens']}")
+        result["generation"] = g
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1)
+        print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    run_cli(main)

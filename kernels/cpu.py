@@ -1,0 +1,52 @@
+"""
+The fast CPU path: kernels/csr_cpu.cpp compiled with torch.utils.cpp_extension on first use.
+
+The build takes about a minute once; torch caches it under TORCH_EXTENSIONS_DIR (default
+~/.cache/torch_extensions) and later imports only load the .so. Without a working compiler we
+warn once and fall back to the PyTorch reference in csr.py: slower, never an error.
+Inputs in other dtypes (bf16, fp16) are computed in fp32 and cast back.
+"""
+import os
+import warnings
+
+import torch
+
+from .csr import csr_matmul_reference, sddmm_reference
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_ext = None
+_tried = False
+
+
+def extension():
+    """The compiled module, or None if it cannot be built here (warns once)."""
+    global _ext, _tried
+    if not _tried:
+        _tried = True
+        try:
+            from torch.utils.cpp_extension import load
+            _ext = load(name="spdf_csr_cpu", sources=[os.path.join(_HERE, "csr_cpu.cpp")],
+                        extra_cflags=["-O3", "-march=native", "-fopenmp"],
+                        extra_ldflags=["-fopenmp"], verbose=False)
+        except Exception as e:  # no compiler, no ninja, odd platform: the reference still works
+            warnings.warn(f"kernels: C++ CSR kernel unavailable ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0] if str(e) else ''}); using the slow PyTorch reference")
+    return _ext
+
+
+def spmm(csr, x2, bias=None):
+    """x2 (N, K) -> (N, M) = x2 @ W.T (+ bias), computed in fp32."""
+    ext = extension()
+    if ext is None:
+        y = csr_matmul_reference(csr, x2.float())
+        return y if bias is None else y + bias.float()
+    return ext.spmm(csr.crow, csr.col, csr.values.float(), None if bias is None else bias.float(),
+                    x2.float(), csr.shape[0])
+
+
+def sddmm(csr, dy2, x2):
+    """Weight gradient at the nonzeros: (nnz,) fp32."""
+    ext = extension()
+    if ext is None:
+        return sddmm_reference(csr, dy2, x2)
+    return ext.sddmm(csr.crow, csr.col, dy2.float(), x2.float())

@@ -1,0 +1,158 @@
+"""
+csr_matmul (the dispatching entry point) and SparseLinear, an nn.Linear whose weight is CSR.
+
+SparseLinear trains with its sparsity pattern fixed. Only the kept weights exist (`values`, one
+per nonzero), so there is nothing to mask. For y = x @ W.T + b:
+    dL/dx      = dy @ W        = csr_matmul(W.T, dy): the same kernel on the transposed CSR, whose
+                                 pattern is built once; its values are a gather of `values`
+    dL/dvalues = for entry (i, j): sum over tokens of dy[:, i] * x[:, j] (SDDMM): the weight
+                 gradient only where the pattern has an entry, never the dense (out, in) matrix
+    dL/db      = dy summed over tokens
+
+to_sparse_model / to_dense_model swap a masked GPT's six block matrices for SparseLinear and back.
+"""
+import torch
+import torch.nn as nn
+
+from . import cpu
+from .csr import CSR, csr_matmul_reference, sddmm_reference, to_csr, to_dense, transpose_plan
+
+try:  # the GPU path needs Triton; without it CUDA tensors use the reference
+    from . import triton_csr
+except Exception:  # ImportError, or a Triton that cannot initialise here
+    triton_csr = None
+
+
+def _flat(x, k):
+    assert x.shape[-1] == k, f"x has {x.shape[-1]} features, the weight expects {k}"
+    return x.reshape(-1, k)
+
+
+def _spmm2d(csr, x2, bias=None):
+    """(N, K) -> (N, M) in fp32 on the best kernel for x2's device."""
+    if x2.device.type == "cpu":
+        return cpu.spmm(csr, x2, bias)
+    if x2.device.type == "cuda" and triton_csr is not None:
+        return triton_csr.spmm(csr, x2, bias)
+    y = csr_matmul_reference(csr, x2.float())
+    return y if bias is None else y + bias.float()
+
+
+def csr_matmul(csr, x, bias=None):
+    """x @ W.T (+ bias) for W in CSR and x of shape (..., in_features): the nn.Linear product."""
+    y = _spmm2d(csr, _flat(x, csr.shape[1]), bias)
+    return y.to(x.dtype).reshape(*x.shape[:-1], csr.shape[0])
+
+
+def _sddmm(csr, dy2, x2):
+    if dy2.device.type == "cpu":
+        return cpu.sddmm(csr, dy2, x2)
+    return sddmm_reference(csr, dy2, x2)  # GPU: plain PyTorch gather-multiply-sum
+
+
+class _CSRLinearFn(torch.autograd.Function):
+
+    @staticmethod
+    def forward(ctx, x, values, bias, layer):
+        x2 = _flat(x, layer.in_features)
+        csr = CSR(layer.crow, layer.col, values, (layer.out_features, layer.in_features))
+        y = _spmm2d(csr, x2, bias)
+        ctx.save_for_backward(x2, values)
+        ctx.layer, ctx.x_shape, ctx.has_bias = layer, x.shape, bias is not None
+        return y.to(x.dtype).reshape(*x.shape[:-1], layer.out_features)
+
+    @staticmethod
+    def backward(ctx, dy):
+        x2, values = ctx.saved_tensors
+        layer = ctx.layer
+        dy2 = _flat(dy, layer.out_features)
+        grad_x = grad_values = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            csr_t = CSR(layer.crow_t, layer.col_t, values[layer.perm], (layer.in_features, layer.out_features))
+            grad_x = _spmm2d(csr_t, dy2).to(x2.dtype).reshape(ctx.x_shape)
+        if ctx.needs_input_grad[1]:
+            csr = CSR(layer.crow, layer.col, values, (layer.out_features, layer.in_features))
+            grad_values = _sddmm(csr, dy2, x2).to(values.dtype)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_bias = dy2.float().sum(0).to(dy.dtype)
+        return grad_x, grad_values, grad_bias, None
+
+
+class SparseLinear(nn.Module):
+    """nn.Linear with a fixed sparsity pattern: parameters `values` (nnz,) and `bias`."""
+
+    def __init__(self, csr, bias=None):
+        super().__init__()
+        self.out_features, self.in_features = csr.shape
+        self.values = nn.Parameter(csr.values.detach().clone())
+        self.bias = None if bias is None else nn.Parameter(bias.detach().clone())
+        csr_t, perm = transpose_plan(csr)
+        # the pattern: buffers, so .to(device) and state_dict carry it
+        self.register_buffer("crow", csr.crow.clone())
+        self.register_buffer("col", csr.col.clone())
+        self.register_buffer("crow_t", csr_t.crow)
+        self.register_buffer("col_t", csr_t.col)
+        self.register_buffer("perm", perm)
+
+    @classmethod
+    def from_linear(cls, linear, mask=None):
+        """From an nn.Linear; the pattern is `mask` (True = kept) or else the weight's nonzeros."""
+        return cls(to_csr(linear.weight, mask), linear.bias)
+
+    def csr(self):
+        return CSR(self.crow, self.col, self.values.detach(), (self.out_features, self.in_features))
+
+    def dense_weight(self):
+        return to_dense(self.csr())
+
+    def to_linear(self):
+        lin = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
+                        device=self.values.device, dtype=self.values.dtype)
+        with torch.no_grad():
+            lin.weight.copy_(self.dense_weight())
+            if self.bias is not None:
+                lin.bias.copy_(self.bias)
+        return lin
+
+    def forward(self, x):
+        if torch.is_grad_enabled() and (x.requires_grad or self.values.requires_grad):
+            return _CSRLinearFn.apply(x, self.values, self.bias, self)
+        # inference (generation): skip the autograd bookkeeping, it costs more than a small matmul
+        return csr_matmul(self.csr(), x, None if self.bias is None else self.bias.detach())
+
+    def extra_repr(self):
+        nnz = self.values.numel()
+        return (f"in_features={self.in_features}, out_features={self.out_features}, nnz={nnz}, "
+                f"density={nnz / (self.in_features * self.out_features):.3f}")
+
+
+def _swap(model, param_name, make):
+    """Replace the module owning `param_name` ('a.b.c.weight') by make(old_module)."""
+    path = param_name.rsplit(".", 1)[0]
+    parent_path, _, child = path.rpartition(".")
+    parent = model.get_submodule(parent_path) if parent_path else model
+    setattr(parent, child, make(getattr(parent, child)))
+
+
+@torch.no_grad()
+def to_sparse_model(model, masks=None):
+    """
+    In place: each of the six block matrices becomes a SparseLinear holding only its kept weights.
+    masks: {param name: bool mask} as made by sparsity.make_masks; None = sparsify every
+    sparsifiable matrix on its current nonzeros. Returns the model.
+    """
+    if masks is None:
+        from sparsity import sparsifiable
+        masks = {name: None for name in sparsifiable(model)}
+    for name, mask in masks.items():
+        _swap(model, name, lambda lin: SparseLinear.from_linear(lin, mask))
+    return model
+
+
+@torch.no_grad()
+def to_dense_model(model):
+    """In place: every SparseLinear back to an nn.Linear (zeros off the pattern). Returns the model."""
+    names = [n for n, m in model.named_modules() if isinstance(m, SparseLinear)]
+    for name in names:
+        _swap(model, name + ".weight", lambda sl: sl.to_linear())
+    return model

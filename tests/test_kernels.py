@@ -1,0 +1,187 @@
+"""kernels/: CSR format, SpMM (C++ CPU kernel, reference, Triton when CUDA), SparseLinear, conversion.
+
+The first test in a fresh environment builds the C++ extension (~1 min, then cached on disk)."""
+import warnings
+
+import pytest
+import torch
+
+import kernels
+from kernels import cpu
+from kernels.csr import csr_matmul_reference, csr_matmul_rowloop, sddmm_reference, to_csr, to_dense, transpose_plan
+
+
+def masked(m, k, density, seed=0, empty_rows=()):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(m, k, generator=g) * (torch.rand(m, k, generator=g) < density)
+    w[list(empty_rows)] = 0
+    return w
+
+
+@pytest.fixture(scope="module")
+def ext():
+    e = cpu.extension()  # built once per session (or loaded from the torch extensions cache)
+    if e is None:
+        pytest.skip("no C++ toolchain here: the fallback path is tested separately")
+    return e
+
+
+def test_csr_round_trip():
+    w = masked(37, 53, 0.3, empty_rows=(0, 5, 36))
+    c = to_csr(w)
+    assert c.crow.dtype == torch.int32 and c.col.dtype == torch.int32
+    assert c.crow[0] == 0 and c.crow[-1] == c.nnz == int((w != 0).sum())
+    assert (c.crow[1:] >= c.crow[:-1]).all() and c.crow[1] == 0  # row 0 is empty
+    assert torch.equal(to_dense(c), w)
+    # an explicit mask keeps a weight that is exactly 0 in the pattern (it may still learn)
+    mask = w != 0
+    mask[1, 2], w[1, 2] = True, 0.0
+    cm = to_csr(w, mask)
+    assert cm.nnz == int(mask.sum()) and torch.equal(to_dense(cm), w)
+    # the transposed CSR is the CSR of W.T, and perm refreshes its values
+    t, perm = transpose_plan(c)
+    assert torch.equal(to_dense(t), w.t()) and torch.equal(c.values[perm], t.values)
+
+
+@pytest.mark.parametrize("m,k,density", [(64, 48, 0.25), (130, 1100, 0.1), (33, 17, 0.0), (40, 24, 1.0),
+                                         (300, 96, 0.05)])
+@pytest.mark.parametrize("n", [1, 5, 16, 63, 64, 130])
+def test_csr_matmul_matches_dense(ext, m, k, density, n):
+    # n covers the gather path (< 8 tokens), 16-token and 64-token tiles, and ragged tails;
+    # k=1100 spans several column blocks; m=130 and 300 leave a partial block of rows
+    w = masked(m, k, density, seed=m + k + n, empty_rows=(0, m // 2))
+    x = torch.randn(n, k)
+    c = to_csr(w)
+    y = kernels.csr_matmul(c, x)
+    torch.testing.assert_close(y, x @ w.t(), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(csr_matmul_reference(c, x), x @ w.t(), rtol=1e-4, atol=1e-4)
+
+
+def test_csr_matmul_batch_noncontiguous_bias_dtype(ext):
+    w, b = masked(96, 80, 0.3), torch.randn(96)
+    c = to_csr(w)
+    x = torch.randn(3, 4, 160)[..., ::2]  # batch dims and a strided (non-contiguous) last dim
+    assert not x.is_contiguous()
+    torch.testing.assert_close(kernels.csr_matmul(c, x), x @ w.t(), rtol=1e-4, atol=1e-4)
+    xt = torch.randn(80, 70).t()  # transposed: non-contiguous, > 64 tokens
+    torch.testing.assert_close(kernels.csr_matmul(c, xt, b), xt @ w.t() + b, rtol=1e-4, atol=1e-4)
+    xb = torch.randn(2, 9, 80).bfloat16()
+    yb = kernels.csr_matmul(c, xb)
+    assert yb.dtype == torch.bfloat16 and yb.shape == (2, 9, 96)
+    torch.testing.assert_close(yb.float(), xb.float() @ w.t(), rtol=2e-2, atol=2e-2)
+    # the row-by-row teaching version agrees too
+    torch.testing.assert_close(csr_matmul_rowloop(c, xt), xt @ w.t(), rtol=1e-4, atol=1e-4)
+
+
+def test_sddmm_matches_masked_outer_product(ext):
+    w = masked(50, 70, 0.2, empty_rows=(3,))
+    c = to_csr(w)
+    dy, x = torch.randn(100, 50), torch.randn(100, 70)
+    full = dy.t() @ x
+    expect = full[w != 0]  # row-major order == CSR order
+    torch.testing.assert_close(cpu.sddmm(c, dy, x), expect, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(sddmm_reference(c, dy, x), expect, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("tokens", [3, 77])
+def test_sparse_linear_grads_equal_masked_dense(ext, tokens):
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(72, 40)
+    mask = torch.rand(40, 72) > 0.7
+    mask[7] = False  # an empty row
+    with torch.no_grad():
+        lin.weight.mul_(mask)
+    sl = kernels.SparseLinear.from_linear(lin, mask)
+    x = torch.randn(2, tokens, 72, requires_grad=True)
+    x2 = x.detach().clone().requires_grad_()
+    g = torch.randn(2, tokens, 40)
+    y = sl(x)
+    y.backward(g)
+    y2 = lin(x2)
+    y2.backward(g)
+    torch.testing.assert_close(y, y2, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(x.grad, x2.grad, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(sl.bias.grad, lin.bias.grad, rtol=1e-4, atol=1e-4)
+    grad_w = to_dense(kernels.CSR(sl.crow, sl.col, sl.values.grad, (40, 72)))
+    torch.testing.assert_close(grad_w, lin.weight.grad * mask, rtol=1e-4, atol=1e-4)
+    assert sl.values.grad.abs().sum() > 0
+    # a training step keeps the pattern: the dense view stays zero off the mask
+    opt = torch.optim.AdamW(sl.parameters(), lr=0.1, weight_decay=0.1)
+    opt.step()
+    assert not sl.dense_weight()[~mask].any()
+    assert sl.dense_weight()[mask].ne(lin.weight.detach()[mask]).any()
+
+
+def test_converted_model_matches_masked_model(ext):
+    from model import GPT, PRESETS
+    from sparsity import apply_masks, make_masks
+    torch.manual_seed(0)
+    model = GPT(PRESETS["tiny"]).eval()
+    masks = make_masks(model, 0.75, "random", seed=0)
+    apply_masks(model, masks)
+    idx = torch.randint(0, model.config.vocab_size, (2, 20))
+    with torch.no_grad():
+        ref_logits, _ = model(idx)
+    ref_tokens = model.generate(idx[:1, :8], 12, temperature=0)
+    dense_state = {k: v.clone() for k, v in model.state_dict().items()}
+
+    kernels.to_sparse_model(model, masks)
+    n_sparse = sum(isinstance(m, kernels.SparseLinear) for m in model.modules())
+    assert n_sparse == 6 * model.config.n_layer
+    nnz = sum(m.values.numel() for m in model.modules() if isinstance(m, kernels.SparseLinear))
+    assert nnz == sum(int(m.sum()) for m in masks.values())
+    with torch.no_grad():
+        logits, _ = model(idx)
+    torch.testing.assert_close(logits, ref_logits, rtol=1e-4, atol=1e-4)
+    assert torch.equal(model.generate(idx[:1, :8], 12, temperature=0), ref_tokens)
+    # gradients flow through the sparse model
+    _, loss = model(idx, targets=idx)
+    loss.backward()
+    assert all(m.values.grad is not None for m in model.modules() if isinstance(m, kernels.SparseLinear))
+
+    kernels.to_dense_model(model)
+    assert not any(isinstance(m, kernels.SparseLinear) for m in model.modules())
+    state = model.state_dict()
+    assert state.keys() == dense_state.keys()
+    assert all(torch.equal(state[k], dense_state[k]) for k in state)
+
+
+def test_fallback_without_compiler(monkeypatch):
+    import torch.utils.cpp_extension as cpp_extension
+
+    def broken(*a, **k):
+        raise RuntimeError("no compiler here")
+    monkeypatch.setattr(cpp_extension, "load", broken)
+    monkeypatch.setattr(cpu, "_ext", None)
+    monkeypatch.setattr(cpu, "_tried", False)
+    w = masked(20, 30, 0.4)
+    x = torch.randn(6, 30)
+    with pytest.warns(UserWarning, match="unavailable"):
+        y = kernels.csr_matmul(to_csr(w), x)
+    torch.testing.assert_close(y, x @ w.t(), rtol=1e-5, atol=1e-5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # warns once, not on every call
+        kernels.csr_matmul(to_csr(w), x)
+
+
+def test_bench_layer_and_cli_errors(ext):
+    from common import UsageError
+    from kernels import bench
+    times, err = bench.bench_layer("cpu", 64, 48, 0.75, 32, 1, torch.Generator().manual_seed(0))
+    assert set(times) == {"dense", "torch_sparse", "ours"} and err < 1e-5
+    with pytest.raises(UsageError):
+        bench.main(["--sparsity", "1.5"])
+    with pytest.raises(UsageError):
+        bench.main(["--no_such_flag"])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_triton_kernel_on_gpu():
+    triton_csr = pytest.importorskip("kernels.triton_csr")
+    w = masked(300, 1100, 0.25, empty_rows=(0, 299)).cuda()
+    c = to_csr(w)
+    for n in (1, 100, 257):
+        x = torch.randn(n, 1100, device="cuda")
+        torch.testing.assert_close(triton_csr.spmm(c, x), x @ w.t(), rtol=1e-4, atol=1e-3)
+        y = kernels.csr_matmul(c, x.bfloat16())
+        torch.testing.assert_close(y.float(), x.bfloat16().float() @ w.t(), rtol=2e-2, atol=5e-2)
