@@ -147,7 +147,8 @@ class Omitter:
 # -----------------------------------------------------------------------------
 # benchmark: a training step (forward, backward, AdamW) of the whole GPT, dense against omission
 
-BENCH = dict(model="mini", batch_size=4, block_size=256, rates="0.25,0.5,0.75", iters=6, threads=0, seed=0)
+BENCH = dict(model="mini", batch_size=4, block_size=256, rates="0.25,0.5,0.75", iters=6, threads=0, seed=0,
+             parts="model,blocks")  # whole model and/or the transformer blocks alone
 
 
 def _loss(model, x, y, blocks_only):
@@ -189,6 +190,8 @@ def bench(argv):
           f"{torch.get_num_threads()} threads, median of {cfg['iters']} interleaved steps")
     results = {}
     for part, blocks_only in (("whole model", False), ("blocks only", True)):
+        if ("blocks" if blocks_only else "model") not in cfg["parts"].split(","):
+            continue
         x, y = (hidden, None) if blocks_only else (tokens[0], tokens[1])
 
         def step():
@@ -220,6 +223,6 @@ def bench(argv):
 if __name__ == "__main__":
     if sys.argv[1:2] != ["--bench"]:
         sys.exit("usage: python omission.py --bench [--model=mini --batch_size=4 --block_size=256 "
-                 "--rates=0.25,0.5,0.75 --iters=6 --threads=0]")
+                 "--rates=0.25,0.5,0.75 --iters=6 --threads=0 --parts=model,blocks]")
     from common import run_cli
     run_cli(lambda argv: bench(argv[1:]))
