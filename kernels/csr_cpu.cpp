@@ -21,6 +21,7 @@
 // 16 floats as one value: the compiler maps it to one AVX-512 register (or two AVX2 ones).
 // aligned(4) so it may load from any float address.
 typedef float v16 __attribute__((vector_size(64), aligned(4)));
+typedef float v16_aligned __attribute__((vector_size(64)));  // storage: 64-byte aligned rows
 #ifndef BIG_TILE
 #define BIG_TILE 64  // tokens per tile: 4 AVX-512 or 8 AVX2 registers per accumulator set
 #endif
@@ -46,14 +47,16 @@ static void pack_tile(const float* x, int64_t N, int64_t K, int64_t t0, float* o
   }
 }
 
+// every packed row of TILE floats starts on a cache line, so a row is whole cache lines
 template <int TILE>
-static std::vector<float> pack_all(const float* x, int64_t N, int64_t K) {
+static std::vector<v16_aligned> pack_all(const float* x, int64_t N, int64_t K) {
   const int64_t ntiles = (N + TILE - 1) / TILE;
-  std::vector<float> packed(ntiles * K * TILE);
+  std::vector<v16_aligned> buffer(ntiles * K * TILE / 16);
+  float* packed = (float*)buffer.data();
   at::parallel_for(0, ntiles, grain(ntiles, ntiles * K * TILE), [&](int64_t b, int64_t e) {
-    for (int64_t tile = b; tile < e; tile++) pack_tile<TILE>(x, N, K, tile * TILE, packed.data() + tile * K * TILE);
+    for (int64_t tile = b; tile < e; tile++) pack_tile<TILE>(x, N, K, tile * TILE, packed + tile * K * TILE);
   });
-  return packed;
+  return buffer;
 }
 
 template <int TILE>
@@ -63,7 +66,8 @@ static void spmm_tiled(const int* crow, const int* col, const float* val, const 
   constexpr int64_t RB = 128;        // rows per work item: their partial sums stay in L1/L2
   const int64_t KB = std::max<int64_t>(16, KB_BYTES / (TILE * 4));  // columns per cache block
   const int64_t ntiles = (N + TILE - 1) / TILE, nrb = (M + RB - 1) / RB, nkb = (K + KB - 1) / KB;
-  const std::vector<float> packed = pack_all<TILE>(x, N, K);
+  const std::vector<v16_aligned> buffer = pack_all<TILE>(x, N, K);
+  const float* packed = (const float*)buffer.data();
   // split[i * (nkb + 1) + c]: first entry of row i with column >= c * KB (columns are sorted),
   // so each row's entries are cut into one run per column block
   std::vector<int> split(M * (nkb + 1));
@@ -76,7 +80,7 @@ static void spmm_tiled(const int* crow, const int* col, const float* val, const 
     std::vector<v16> part(RB * V);  // this work item's outputs, (rows, TILE), across column blocks
     for (int64_t w = b; w < e; w++) {
       const int64_t tile = w / nrb, r0 = (w % nrb) * RB, r1 = std::min(M, r0 + RB);
-      const float* xt = packed.data() + tile * K * TILE;
+      const float* xt = packed + tile * K * TILE;
       for (int64_t i = r0; i < r1; i++)
         for (int u = 0; u < V; u++) part[(i - r0) * V + u] = v16{} + (bias ? bias[i] : 0.f);
       for (int64_t c = 0; c < nkb; c++) {  // the (KB, TILE) block of x is reused by all RB rows
@@ -158,11 +162,13 @@ torch::Tensor sddmm(torch::Tensor crow, torch::Tensor col, torch::Tensor dy, tor
   const int* cl = col.data_ptr<int>();
   auto g = torch::zeros({col.numel()}, x.options());
   float* gp = g.data_ptr<float>();
-  const std::vector<float> xp = pack_all<TILE>(x.data_ptr<float>(), N, K);
-  const std::vector<float> dp = pack_all<TILE>(dy.data_ptr<float>(), N, M);
+  const std::vector<v16_aligned> xbuf = pack_all<TILE>(x.data_ptr<float>(), N, K);
+  const std::vector<v16_aligned> dbuf = pack_all<TILE>(dy.data_ptr<float>(), N, M);
+  const float* xp = (const float*)xbuf.data();
+  const float* dp = (const float*)dbuf.data();
   for (int64_t tile = 0; tile < ntiles; tile++) {  // one token tile at a time stays in cache
-    const float* xt = xp.data() + tile * K * TILE;
-    const float* dt = dp.data() + tile * M * TILE;
+    const float* xt = xp + tile * K * TILE;
+    const float* dt = dp + tile * M * TILE;
     at::parallel_for(0, M, grain(M, (int64_t)cr[M] * TILE), [&](int64_t b, int64_t e) {
       for (int64_t i = b; i < e; i++) {
         const float* d = dt + i * TILE;
