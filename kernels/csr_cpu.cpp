@@ -5,9 +5,11 @@
 //   gather per nonzero. Instead we turn the token dimension into the vector dimension: a tile of
 //   TILE tokens is packed as a (K, TILE) block, so input feature j of those tokens is TILE
 //   contiguous floats. Each nonzero (i, j, w) then does one AXPY, acc[0:TILE] += w * xt[j, 0:TILE],
-//   with acc living in vector registers, and the tile is reused for every row of W while it sits
-//   in cache. Work is split over (token tile, block of rows) pairs with at::parallel_for, so it
-//   obeys torch.set_num_threads.
+//   with acc living in vector registers. For a large K the (K, TILE) tile outgrows the L2 cache,
+//   so the columns go in blocks of KB_BYTES: a block of RB rows sweeps one (KB, TILE) slab of x at
+//   a time, keeping its partial sums in a small buffer. Work is split over (token tile, block of
+//   rows) pairs with at::parallel_for, so it obeys torch.set_num_threads.
+//   Columns must be sorted within each row (to_csr and transpose_plan guarantee it).
 // Few tokens (generation, one token at a time): no tile to fill, so each row becomes a gathered
 //   dot product over its nonzeros, parallel over rows. Memory-bound on reading W: CSR reads
 //   8 bytes per kept weight (value + int32 column) against 4 per weight for dense.
