@@ -15,7 +15,6 @@ Related systems, as options (their logic lives in their own modules):
 Arguments: config files (Python assignments) and --key=value overrides of DEFAULTS below.
 """
 import json
-import math
 import os
 import time
 from dataclasses import asdict

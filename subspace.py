@@ -19,7 +19,7 @@ import json
 
 import torch
 
-from common import UsageError, check, load_checkpoint, run_cli
+from common import check, load_checkpoint, run_cli
 
 MATRICES = {"Q": "attn.q_proj", "K": "attn.k_proj", "V": "attn.v_proj", "O": "attn.c_proj",
             "FC1": "mlp.c_fc", "FC2": "mlp.c_proj"}
