@@ -19,7 +19,6 @@ import datetime
 import json
 import os
 import platform
-import sys
 import time
 import warnings
 

@@ -9,8 +9,6 @@ Inputs in other dtypes (bf16, fp16) are computed in fp32 and cast back.
 import os
 import warnings
 
-import torch
-
 from .csr import csr_matmul_reference, sddmm_reference
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
