@@ -31,16 +31,19 @@ def banned_tokens(generated, n):
 
 @torch.no_grad()
 def beam_search(model, prompts, beam_size=10, max_new_tokens=64, length_penalty=1.0,
-                no_repeat_ngram=4, eos=EOT):
-    """prompts: list of equal-length token lists. Returns one token list per prompt (no EOS)."""
+                no_repeat_ngram=4, eos=EOT, soft_prompt=None):
+    """prompts: list of equal-length token lists. Returns one token list per prompt (no EOS).
+    soft_prompt (N, n_embd): learned vectors put before every prompt (finetune.py --soft_prompt)."""
     assert prompts and len({len(p) for p in prompts}) == 1, "prompts must share one length"
     device = next(model.parameters()).device
-    B, K, T0 = len(prompts), beam_size, len(prompts[0])
+    N = 0 if soft_prompt is None else soft_prompt.size(0)  # positions the soft prompt occupies
+    B, K, T0 = len(prompts), beam_size, N + len(prompts[0])
     max_new = min(max_new_tokens, model.config.block_size - T0)
     assert max_new >= 1, "prompt fills the whole block_size"
-    idx = torch.tensor(prompts, device=device).repeat_interleave(K, dim=0)  # (B*K, T0)
+    idx = torch.tensor(prompts, device=device).repeat_interleave(K, dim=0)  # (B*K, T0 - N)
     caches = model.new_kv_caches()
-    logits = model(idx, kv_caches=caches)[0][:, -1].float()
+    extra = {} if soft_prompt is None else dict(prefix_embeds=soft_prompt[None])
+    logits = model(idx, kv_caches=caches, **extra)[0][:, -1].float()
     # all K beams of an input start identical: only the first is live, so step 1 yields K distinct ones
     scores = torch.full((B, K), float("-inf"), device=device)
     scores[:, 0] = 0.0

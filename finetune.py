@@ -3,11 +3,14 @@ Dense fine-tuning and evaluation (SPDF step 3): start from a (sparse) pre-traine
 lift the masks (pruned weights start at 0 and learn) and train every parameter on a downstream
 task; then decode the test set with beam search and score it with the task's official metrics.
 --sparse=True keeps the masks instead (the paper's sparse fine-tuning baseline).
+--soft_prompt=N prepends N learned input vectors (MediSwift's soft prompting, Lester et al. 2021
+prompt tuning); --freeze_model=True trains those alone.
 
   python finetune.py --task=e2e --init_from=out                    # a pre-training out_dir
   python finetune.py --task=webnlg --init_from=out/ckpt.pt --sparse=True
   python finetune.py --task=curation --data=curation-corpus.csv --init_from=out
   python finetune.py --task=e2e --init_from=out-finetune --eval_only=True --beam_size=1
+  python finetune.py --task=e2e --init_from=out --soft_prompt=20 --freeze_model=True
 
 Writes <out_dir>/ckpt.pt (best validation loss), predictions.txt, references.txt, metrics.json.
 """
@@ -50,6 +53,11 @@ DEFAULTS = dict(
     label_smoothing=-1.0,       # -1 = per task (LoRA: 0.1 E2E/WebNLG, 0 DART/summarization)
     dropout=-1.0,               # -1 = per task (LoRA: 0.1 E2E/WebNLG, 0 DART/summarization)
     max_examples=0,             # >0: train on a random subset this large (validate on as many)
+    # soft prompt (MediSwift): N vectors before every input, initialized from the embeddings of N
+    # distinct tokens sampled from ids < 5000 (Lester et al.'s "sampled vocabulary" init)
+    soft_prompt=0,
+    soft_prompt_lr=-1.0,        # -1 = learning_rate (prompt tuning alone often wants a larger one)
+    freeze_model=False,         # train the soft prompt only: model weights stay as loaded
     # decoding: LoRA's Table 11 settings
     beam_size=10,
     length_penalty=-1.0,        # -1 = per task: 0.9 E2E, 0.8 WebNLG/DART
@@ -74,6 +82,10 @@ def validate(cfg):
     for key in ("max_examples", "eval_examples", "warmup_iters", "no_repeat_ngram", "patience"):
         check(cfg[key] >= 0, f"--{key} must be non-negative, got {cfg[key]}")
     check(cfg["learning_rate"] > 0, "--learning_rate must be positive")
+    check(cfg["soft_prompt"] >= 0, f"--soft_prompt must be non-negative, got {cfg['soft_prompt']}")
+    check(cfg["soft_prompt_lr"] == -1 or cfg["soft_prompt_lr"] > 0, "--soft_prompt_lr must be positive (or -1)")
+    check(not cfg["freeze_model"] or cfg["soft_prompt"] > 0 or cfg["eval_only"],
+          "--freeze_model=True leaves nothing to train without --soft_prompt=N")
     check(cfg["label_smoothing"] == -1 or 0 <= cfg["label_smoothing"] < 1, "--label_smoothing must be in [0, 1)")
     check(cfg["dropout"] == -1 or 0 <= cfg["dropout"] < 1, "--dropout must be in [0, 1)")
     check(cfg["length_penalty"] == -1 or cfg["length_penalty"] >= 0, "--length_penalty must be >= 0")
@@ -106,9 +118,10 @@ def collate(batch, device):
     return x.to(device), y.to(device), m.to(device)
 
 
-def completion_loss(model, x, y, m, label_smoothing=0.0):
-    """Mean cross-entropy over completion tokens (sum, count), optionally label-smoothed."""
-    logits, _ = model(x)
+def completion_loss(model, x, y, m, label_smoothing=0.0, prompt=None):
+    """Cross-entropy over completion tokens (sum, count), optionally label-smoothed.
+    prompt (N, d): soft prompt before every sequence (the model returns logits for x only)."""
+    logits, _ = model(x, prefix_embeds=None if prompt is None else prompt[None])
     loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), y.view(-1), reduction="none",
                            label_smoothing=label_smoothing)
     mask = m.view(-1).float()
@@ -116,14 +129,14 @@ def completion_loss(model, x, y, m, label_smoothing=0.0):
 
 
 @torch.no_grad()
-def evaluate_loss(model, examples, batch_size, device):
+def evaluate_loss(model, examples, batch_size, device, prompt=None):
     """Mean completion-token NLL (no label smoothing) over all examples."""
     model.eval()
     total, count = 0.0, 0.0
     for batch in batches(examples, batch_size, False, None):
         x, y, m = collate(batch, device)
         with autocast(device):
-            s, n = completion_loss(model, x, y, m)
+            s, n = completion_loss(model, x, y, m, prompt=prompt)
         total, count = total + s.item(), count + n.item()
     model.train()
     return total / max(count, 1.0)
@@ -150,19 +163,55 @@ def load_model(cfg, device):
     return model.to(device), sp.masks_to(masks, device), pretrain_sparsity, mcfg, ckpt
 
 
-def finetune(cfg, model, masks, mcfg, train, val, device, pretrain_sparsity):
-    """Train with early stopping on validation loss; returns (best state, log dict)."""
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    optimizer = torch.optim.AdamW([dict(params=decay, weight_decay=cfg["weight_decay"]),
-                                   dict(params=no_decay, weight_decay=0.0)], lr=cfg["learning_rate"])
+def init_soft_prompt(model, n, seed):
+    """n distinct token embeddings sampled from ids < 5000 (frequent/early BPE tokens), copied."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randperm(min(5000, model.config.vocab_size), generator=g)[:n]
+    return model.transformer.wte.weight.detach()[ids.to(model.transformer.wte.weight.device)].clone()
+
+
+def setup_soft_prompt(cfg, model, ckpt):
+    """The soft prompt to use (a trainable Parameter) or None: the checkpoint's if it holds one
+    (eval_only, or continued training at the same length), else a new one of --soft_prompt vectors."""
+    n, saved = cfg["soft_prompt"], ckpt.get("soft_prompt")
+    device = model.transformer.wte.weight.device
+    if saved is not None:
+        check(n == len(saved) or (n == 0 and cfg["eval_only"]),
+              f"{cfg['init_from']} holds a soft prompt of {len(saved)} vectors: pass --soft_prompt={len(saved)}")
+        check(saved.shape[1] == model.config.n_embd, f"{cfg['init_from']}: soft prompt width does not match the model")
+        cfg["soft_prompt"] = n = len(saved)
+    elif n:
+        check(not cfg["eval_only"], f"--eval_only: {cfg['init_from']} holds no trained soft prompt")
+    if not n:
+        return None
+    check(n + 2 <= model.config.block_size, f"--soft_prompt={n} leaves no room in block_size {model.config.block_size}")
+    init = saved if saved is not None else init_soft_prompt(model, n, cfg["seed"])
+    return torch.nn.Parameter(init.to(device=device, dtype=torch.float32).clone())
+
+
+def finetune(cfg, model, masks, mcfg, train, val, device, pretrain_sparsity, prompt=None):
+    """Train with early stopping on validation loss; returns (best state, best prompt, log dict)."""
+    if cfg["freeze_model"]:
+        model.requires_grad_(False)  # prompt tuning: only the soft prompt learns
+    decay = [p for p in model.parameters() if p.dim() >= 2 and p.requires_grad]
+    no_decay = [p for p in model.parameters() if p.dim() < 2 and p.requires_grad]
+    groups = [dict(params=decay, weight_decay=cfg["weight_decay"], base_lr=cfg["learning_rate"]),
+              dict(params=no_decay, weight_decay=0.0, base_lr=cfg["learning_rate"])]
+    if prompt is not None:  # no weight decay: it would pull the vectors away from the embedding scale
+        prompt_lr = cfg["learning_rate"] if cfg["soft_prompt_lr"] == -1 else cfg["soft_prompt_lr"]
+        groups.append(dict(params=[prompt], weight_decay=0.0, base_lr=prompt_lr))
+    groups = [g for g in groups if g["params"]]
+    trainable = [p for g in groups for p in g["params"]]
+    optimizer = torch.optim.AdamW(groups, lr=cfg["learning_rate"])
     sp.mask_optimizer_state(optimizer, model, masks)
+    n_prompt = 0 if prompt is None else prompt.size(0)
     steps_per_epoch = math.ceil(len(train) / cfg["batch_size"])
     total_steps = steps_per_epoch * cfg["max_epochs"]
     warmup = min(cfg["warmup_iters"], total_steps // 10)
     flops_sparsity = pretrain_sparsity if masks else 0.0
     rng = random.Random(cfg["seed"])
     step, flops, best_val, best_state, bad_epochs, history = 0, 0.0, float("inf"), None, 0, []
+    best_prompt = None
     t0 = time.time()
     model.train()
     for epoch in range(cfg["max_epochs"]):
@@ -171,42 +220,47 @@ def finetune(cfg, model, masks, mcfg, train, val, device, pretrain_sparsity):
         for batch in bar:
             lr = linear_lr(step, cfg["learning_rate"], warmup, total_steps)
             for group in optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group["base_lr"] / cfg["learning_rate"]
             x, y, m = collate(batch, device)
             with autocast(device):
-                s, n = completion_loss(model, x, y, m, cfg["label_smoothing"])
+                s, n = completion_loss(model, x, y, m, cfg["label_smoothing"], prompt)
             loss = s / n.clamp(min=1)
             loss.backward()
             sp.mask_grads(model, masks)
             if cfg["grad_clip"] > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
+                torch.nn.utils.clip_grad_norm_(trainable, cfg["grad_clip"])
             optimizer.step()
             sp.apply_masks(model, masks)  # AdamW's decoupled decay touches every entry
             optimizer.zero_grad(set_to_none=True)
             # FLOPs of this step: every sequence at the padded length the model actually ran
-            flops += train_flops(mcfg, x.size(1), flops_sparsity, mcfg.vocab_size) * x.size(0)
+            step_flops = train_flops(mcfg, n_prompt + x.size(1), flops_sparsity, mcfg.vocab_size) * x.size(0)
+            # a frozen model still back-propagates to its inputs but computes no weight gradients
+            flops += step_flops * (2 / 3 if cfg["freeze_model"] else 1)
             step += 1
             bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2e}")
         bar.close()
-        val_loss = evaluate_loss(model, val, cfg["batch_size"], device)
+        val_loss = evaluate_loss(model, val, cfg["batch_size"], device, prompt)
         history.append(dict(epoch=epoch + 1, step=step, val_loss=val_loss, flops=flops))
         print(f"epoch {epoch + 1}: val loss {val_loss:.4f} (ppl {math.exp(min(val_loss, 50)):.2f})")
         if val_loss < best_val:
             best_val, bad_epochs = val_loss, 0
             best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+            best_prompt = None if prompt is None else prompt.detach().to("cpu", copy=True)
         else:
             bad_epochs += 1
             if cfg["patience"] and bad_epochs >= cfg["patience"]:
                 print(f"early stopping: validation loss has not improved for {bad_epochs} epoch(s)")
                 break
-    return best_state, dict(steps=step, epochs=len(history), best_val_loss=best_val, history=history,
-                            flops=flops, train_seconds=time.time() - t0, warmup_iters=warmup)
+    log = dict(steps=step, epochs=len(history), best_val_loss=best_val, history=history,
+               flops=flops, train_seconds=time.time() - t0, warmup_iters=warmup)
+    return best_state, best_prompt, log
 
 
-def decode_groups(cfg, model, enc, groups, device):
+def decode_groups(cfg, model, enc, groups, device, soft_prompt=None):
     """Beam-search every group's context; inputs of equal prompt length share a batch."""
     model.eval()
-    prompts = [encode_prompt(enc, g["context"], model.config.block_size) for g in groups]
+    room = model.config.block_size - (0 if soft_prompt is None else soft_prompt.size(0))
+    prompts = [encode_prompt(enc, g["context"], room) for g in groups]
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     chunks, chunk = [], []
     for i in order:
@@ -219,7 +273,7 @@ def decode_groups(cfg, model, enc, groups, device):
     for chunk in tqdm(chunks, desc=f"beam search (beam {cfg['beam_size']})", dynamic_ncols=True):
         with autocast(device):
             tokens = beam_search(model, [prompts[i] for i in chunk], cfg["beam_size"], cfg["max_new_tokens"],
-                                 cfg["length_penalty"], cfg["no_repeat_ngram"], EOT)
+                                 cfg["length_penalty"], cfg["no_repeat_ngram"], EOT, soft_prompt)
         for i, toks in zip(chunk, tokens):
             outputs[i] = " ".join(enc.decode(toks).split())  # one line per input
     return outputs
@@ -235,10 +289,15 @@ def main(argv):
     check(cfg["eval_only"] or not (out_dir / "ckpt.pt").exists(),
           f"{out_dir / 'ckpt.pt'} exists: choose another --out_dir (saved work is never overwritten)")
     model, masks, pretrain_sparsity, mcfg, ckpt = load_model(cfg, device)
+    prompt = setup_soft_prompt(cfg, model, ckpt)
+    n_prompt = 0 if prompt is None else prompt.size(0)
     enc = get_tokenizer()
-    task, block = cfg["task"], mcfg.block_size
+    task, block = cfg["task"], mcfg.block_size - n_prompt  # the soft prompt takes the first positions
     print(f"{task}: {model.num_params():,} parameters from {cfg['init_from']} (pre-trained at sparsity "
           f"{pretrain_sparsity:.0%}), {'sparse' if masks else 'dense'} fine-tuning on {device}")
+    if prompt is not None:
+        print(f"soft prompt: {n_prompt} vectors ({prompt.numel():,} parameters)"
+              + (", model frozen" if cfg["freeze_model"] else ""))
 
     run_log = dict(ckpt.get("finetune", {})) if cfg["eval_only"] else {}
     if not cfg["eval_only"]:
@@ -256,15 +315,20 @@ def main(argv):
         train = [encode_example(enc, e["context"], e["completion"], block) for e in train]
         val = [encode_example(enc, e["context"], e["completion"], block) for e in val]
         print(f"{len(train):,} training and {len(val):,} validation examples")
-        best_state, log = finetune(cfg, model, masks, mcfg, train, val, device, pretrain_sparsity)
+        best_state, best_prompt, log = finetune(cfg, model, masks, mcfg, train, val, device, pretrain_sparsity,
+                                                prompt)
         model.load_state_dict(best_state)
+        if prompt is not None:
+            with torch.no_grad():
+                prompt.copy_(best_prompt)
         if masks:
             assert sp.check_masked(model, masks), "a pruned weight is non-zero after sparse fine-tuning"
         run_log.update(log)
         save_checkpoint(dict(model=best_state, masks={n: m.cpu() for n, m in masks.items()}, config=cfg,
                              model_config=asdict(mcfg), pretrain_sparsity=pretrain_sparsity,
                              pretrain_config=ckpt.get("config", {}), finetune=run_log, iter_num=log["steps"],
-                             best_val_loss=log["best_val_loss"]), out_dir / "ckpt.pt")
+                             best_val_loss=log["best_val_loss"],
+                             **({} if prompt is None else dict(soft_prompt=best_prompt))), out_dir / "ckpt.pt")
         print(f"saved the best model (val loss {log['best_val_loss']:.4f}) to {out_dir / 'ckpt.pt'}")
 
     # evaluation on the test split
@@ -273,11 +337,14 @@ def main(argv):
     if cfg["eval_examples"]:
         test_groups = test_groups[:cfg["eval_examples"]]
     check(test_groups, f"{task}: empty test split")
+    trained = ckpt.get("config", {}) if cfg["eval_only"] else cfg  # the fine-tuning run's settings
     metrics = dict(task=task, n_examples=len(test_groups), sparse_finetune=bool(cfg["sparse"]),
-                   pretrain_sparsity=pretrain_sparsity, init_from=str(cfg["init_from"]))
+                   pretrain_sparsity=pretrain_sparsity, init_from=str(cfg["init_from"]),
+                   soft_prompt=n_prompt, freeze_model=bool(trained.get("freeze_model", False)))
+    soft = None if prompt is None else prompt.detach()
     if task in NLG_TASKS:
         t0 = time.time()
-        hyps = decode_groups(cfg, model, enc, test_groups, device)
+        hyps = decode_groups(cfg, model, enc, test_groups, device, soft)
         metrics["decode_seconds"] = time.time() - t0
         refs = [g["refs"] for g in test_groups]
         (out_dir / "predictions.txt").write_text("".join(h + "\n" for h in hyps), encoding="utf-8")
@@ -289,7 +356,7 @@ def main(argv):
                        no_repeat_ngram=cfg["no_repeat_ngram"])
     else:  # summarization: perplexity of the summary given the article
         test = [encode_example(enc, g["context"], g["refs"][0], block) for g in test_groups]
-        metrics["test_loss"] = evaluate_loss(model, test, cfg["batch_size"], device)
+        metrics["test_loss"] = evaluate_loss(model, test, cfg["batch_size"], device, soft)
         metrics["perplexity"] = math.exp(metrics["test_loss"])
     if "flops" in run_log:
         metrics.update(flops=run_log["flops"], train_steps=run_log["steps"], epochs=run_log["epochs"],

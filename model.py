@@ -121,19 +121,25 @@ class GPT(nn.Module):
     def num_params(self):
         return sum(p.numel() for p in self.parameters())  # tied weights are counted once
 
-    def forward(self, idx, targets=None, kv_caches=None, pos_offset=0, loss_mask=None):
+    def forward(self, idx, targets=None, kv_caches=None, pos_offset=0, loss_mask=None, prefix_embeds=None):
         """
         idx (B, T) token ids. With targets, also returns the mean cross-entropy over positions
         where loss_mask is True (all positions if None). kv_caches: one [k, v] list per layer,
-        filled in place during generation; pos_offset is the number of tokens already cached.
+        filled in place during generation; pos_offset is the number of positions already cached.
+        prefix_embeds (B or 1, N, n_embd): a soft prompt (finetune.py), N vectors that take
+        positions pos_offset.. before the tokens; logits (and loss) cover the T tokens only.
         """
         B, T = idx.shape
-        assert pos_offset + T <= self.config.block_size, "sequence longer than block_size"
-        pos = torch.arange(pos_offset, pos_offset + T, device=idx.device)
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+        N = 0 if prefix_embeds is None else prefix_embeds.size(1)
+        assert pos_offset + N + T <= self.config.block_size, "sequence longer than block_size"
+        pos = torch.arange(pos_offset, pos_offset + N + T, device=idx.device)
+        x = self.transformer.wte(idx)
+        if N:
+            x = torch.cat([prefix_embeds.to(x.dtype).expand(B, -1, -1), x], dim=1)
+        x = self.transformer.drop(x + self.transformer.wpe(pos))
         for i, block in enumerate(self.transformer.h):
             x = block(x, None if kv_caches is None else kv_caches[i])
-        x = self.transformer.ln_f(x)
+        x = self.transformer.ln_f(x[:, N:])
         if targets is None:
             return self.lm_head(x), None
         logits = self.lm_head(x)
@@ -148,12 +154,13 @@ class GPT(nn.Module):
         return [[None, None] for _ in range(self.config.n_layer)]
 
     @torch.no_grad()
-    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, eos_token=None):
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, eos_token=None, prefix_embeds=None):
         """Sample continuations of idx (B, T), using a KV cache. temperature 0 is greedy."""
         caches = self.new_kv_caches()
-        logits, _ = self(idx, kv_caches=caches)
+        logits, _ = self(idx, kv_caches=caches, prefix_embeds=prefix_embeds)
+        N = 0 if prefix_embeds is None else prefix_embeds.size(1)  # cached prompt positions
         for _ in range(max_new_tokens):
-            if idx.size(1) >= self.config.block_size:
+            if N + idx.size(1) >= self.config.block_size:
                 break
             logits = logits[:, -1, :].float()
             if temperature == 0:
@@ -167,5 +174,5 @@ class GPT(nn.Module):
             idx = torch.cat((idx, next_token), dim=1)
             if eos_token is not None and (next_token == eos_token).all():
                 break
-            logits, _ = self(next_token, kv_caches=caches, pos_offset=idx.size(1) - 1)
+            logits, _ = self(next_token, kv_caches=caches, pos_offset=N + idx.size(1) - 1)
         return idx
