@@ -1,6 +1,6 @@
 """
-Times pre-training steps on synthetic data, dense and sparse in one run, so the ratio between them is
-measured under the same conditions. The step is pretrain.py's: forward, backward, gradient masking,
+Times pre-training steps on synthetic data, dense and sparse in one run with their steps interleaved
+on one model, so the ratio between them is measured under the same conditions. The step is pretrain.py's: forward, backward, gradient masking,
 clipping, AdamW, re-masking.
 
   python bench.py --device=cpu --model=tiny --sparsity=0.75
@@ -33,22 +33,24 @@ DEFAULTS = dict(
 )
 
 
-def time_run(cfg, device, sparsity):
+def time_runs(cfg, device):
+    """
+    Dense and sparse steps interleaved on one model, so a change in machine load hits both alike.
+    A masked model does the dense model's matmuls; the sparse step differs only by the mask upkeep
+    (gradient masking and re-masking), which is exactly the overhead to measure.
+    """
     torch.manual_seed(cfg["seed"])
     mcfg = GPTConfig(**asdict(PRESETS[cfg["model"]]))
     mcfg.block_size = cfg["block_size"] or mcfg.block_size
     model = GPT(mcfg).to(device)
-    masks = sp.masks_to(sp.make_masks(model, sparsity, seed=cfg["seed"]), device) if sparsity > 0 else {}
-    sp.apply_masks(model, masks)
+    masks = sp.masks_to(sp.make_masks(model, cfg["sparsity"], seed=cfg["seed"]), device)
     optimizer = configure_optimizer(model, PRETRAIN_DEFAULTS, device)
     step_model = torch.compile(model) if cfg["compile"] else model
     B, T = cfg["batch_size"], mcfg.block_size
     x = torch.randint(0, mcfg.vocab_size, (B, T), device=device)
     y = torch.randint(0, mcfg.vocab_size, (B, T), device=device)
-    if device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats(device)
 
-    def step():
+    def step(masks):
         with autocast(device):
             _, loss = step_model(x, y)
         loss.backward()
@@ -59,24 +61,27 @@ def time_run(cfg, device, sparsity):
         optimizer.zero_grad(set_to_none=True)
 
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-    for _ in range(cfg["warmup"]):
-        step()
-    sync()
-    times = []
-    for _ in range(cfg["steps"]):
-        t0 = time.perf_counter()
-        step()
-        sync()
-        times.append(time.perf_counter() - t0)
-    step_s = sorted(times)[len(times) // 2]  # median: robust to a stray slow step
-    dense_flops = 3 * forward_flops(mcfg, T, 0.0, mcfg.vocab_size) * B
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats(device)
+    runs = [(0.0, {}, []), (cfg["sparsity"], masks, [])]
+    for i in range(cfg["warmup"] + cfg["steps"]):
+        for _, run_masks, times in runs:
+            sync()
+            t0 = time.perf_counter()
+            step(run_masks)
+            sync()
+            if i >= cfg["warmup"]:
+                times.append(time.perf_counter() - t0)
+    assert sp.check_masked(model, masks)  # the last step was a sparse one
     peak = peak_flops(device)
-    result = dict(sparsity=sparsity, step_ms=1000 * step_s, tokens_per_s=B * T / step_s,
-                  mfu=dense_flops / step_s / peak if peak else None,
-                  peak_memory_gb=torch.cuda.max_memory_allocated(device) / 1e9 if device.startswith("cuda") else None)
-    if masks:
-        assert sp.check_masked(model, masks)
-    return result
+    dense_flops = 3 * forward_flops(mcfg, T, 0.0, mcfg.vocab_size) * B
+    mem = torch.cuda.max_memory_allocated(device) / 1e9 if device.startswith("cuda") else None
+    results = []
+    for sparsity, _, times in runs:
+        step_s = sorted(times)[len(times) // 2]  # median: robust to a stray slow step
+        results.append(dict(sparsity=sparsity, step_ms=1000 * step_s, tokens_per_s=B * T / step_s,
+                            mfu=dense_flops / step_s / peak if peak else None, peak_memory_gb=mem))
+    return results
 
 
 def main(argv):
@@ -90,7 +95,7 @@ def main(argv):
     name = torch.cuda.get_device_name(device) if device.startswith("cuda") else f"cpu ({torch.get_num_threads()} threads)"
     print(f"{cfg['model']}, batch {cfg['batch_size']} x {cfg['block_size'] or PRESETS[cfg['model']].block_size}, "
           f"{name}, compile={cfg['compile']}")
-    runs = [time_run(cfg, device, 0.0), time_run(cfg, device, cfg["sparsity"])]
+    runs = time_runs(cfg, device)
     for r in runs:
         mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "n/a (unknown peak)"
         mem = f"{r['peak_memory_gb']:.1f} GB" if r["peak_memory_gb"] is not None else "n/a"
