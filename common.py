@@ -206,7 +206,14 @@ def load_checkpoint(path):
 
 
 # -----------------------------------------------------------------------------
-# learning-rate schedules
+# optimizer groups and learning-rate schedules
+
+
+def decay_groups(model, weight_decay):
+    """AdamW parameter groups: decay on trainable matrices only (biases and LayerNorms get none)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return [dict(params=[p for p in params if p.dim() >= 2], weight_decay=weight_decay),
+            dict(params=[p for p in params if p.dim() < 2], weight_decay=0.0)]
 
 
 def cosine_lr(it, max_lr, warmup_iters, decay_iters, min_lr_ratio=0.1):

@@ -27,8 +27,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import sparsity as sp
-from common import (autocast, check, get_tokenizer, linear_lr, load_checkpoint, parse_config,
-                    pick_device, run_cli, save_checkpoint)
+from common import (autocast, check, decay_groups, get_tokenizer, linear_lr, load_checkpoint,
+                    parse_config, pick_device, run_cli, save_checkpoint)
 from data.tasks import (EOT, NLG_TASKS, TASKS, encode_example, encode_prompt, flatten,
                         load_groups)
 from decode import beam_search
@@ -193,10 +193,7 @@ def finetune(cfg, model, masks, mcfg, train, val, device, pretrain_sparsity, pro
     """Train with early stopping on validation loss; returns (best state, best prompt, log dict)."""
     if cfg["freeze_model"]:
         model.requires_grad_(False)  # prompt tuning: only the soft prompt learns
-    decay = [p for p in model.parameters() if p.dim() >= 2 and p.requires_grad]
-    no_decay = [p for p in model.parameters() if p.dim() < 2 and p.requires_grad]
-    groups = [dict(params=decay, weight_decay=cfg["weight_decay"], base_lr=cfg["learning_rate"]),
-              dict(params=no_decay, weight_decay=0.0, base_lr=cfg["learning_rate"])]
+    groups = [dict(g, base_lr=cfg["learning_rate"]) for g in decay_groups(model, cfg["weight_decay"])]
     if prompt is not None:  # no weight decay: it would pull the vectors away from the embedding scale
         prompt_lr = cfg["learning_rate"] if cfg["soft_prompt_lr"] == -1 else cfg["soft_prompt_lr"]
         groups.append(dict(params=[prompt], weight_decay=0.0, base_lr=prompt_lr))

@@ -27,8 +27,8 @@ from tqdm import tqdm
 import omission
 import sparsegpt
 import sparsity as sp
-from common import (autocast, check, cosine_lr, load_checkpoint, parse_config, peak_flops,
-                    pick_device, run_cli, save_checkpoint)
+from common import (autocast, check, cosine_lr, decay_groups, load_checkpoint, parse_config,
+                    peak_flops, pick_device, run_cli, save_checkpoint)
 from data.prepare import DATASETS, ensure_prepared, load_tokens
 from flops import densify_iter, forward_flops, train_flops
 from model import GPT, PRESETS, GPTConfig
@@ -122,12 +122,8 @@ def fingerprint(model, masks):
 
 
 def configure_optimizer(model, cfg, device):
-    """AdamW; weight decay on matrices only (biases and LayerNorms get none)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
-    groups = [dict(params=decay, weight_decay=cfg["weight_decay"]), dict(params=no_decay, weight_decay=0.0)]
-    return torch.optim.AdamW(groups, lr=cfg["learning_rate"], betas=(cfg["beta1"], cfg["beta2"]),
+    """The paper's AdamW; weight decay on matrices only (biases and LayerNorms get none)."""
+    return torch.optim.AdamW(decay_groups(model, cfg["weight_decay"]), lr=cfg["learning_rate"], betas=(cfg["beta1"], cfg["beta2"]),
                              eps=cfg["eps"], fused=device.startswith("cuda"))
 
 

@@ -26,6 +26,16 @@ def shakespeare_dir(tmp_path_factory):
     return out
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny matmuls: thread hand-offs cost more than they save on a busy 2-core machine."""
+    import torch
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def run_pretrain(out_dir, data_dir, *args):
     import pretrain
     return pretrain.main([*TINY_RUN, f"--data_dir={data_dir}", f"--out_dir={out_dir}", *args])

@@ -16,13 +16,7 @@ from decode import banned_tokens, beam_search
 from model import GPT, GPTConfig
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # tiny matmuls: thread hand-offs cost more than they save on a busy 2-core machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class TableLM(torch.nn.Module):
