@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 
 @dataclass
@@ -106,6 +107,8 @@ class GPT(nn.Module):
         ))
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.transformer.wte.weight = self.lm_head.weight  # tied
+        # training only: keep each block's input, recompute its activations in backward (less memory)
+        self.activation_checkpointing = False
         self.apply(self._init_weights)
         # GPT-2: residual output projections scaled by 1/sqrt(2 * n_layer)
         for name, p in self.named_parameters():
@@ -138,7 +141,10 @@ class GPT(nn.Module):
             x = torch.cat([prefix_embeds.to(x.dtype).expand(B, -1, -1), x], dim=1)
         x = self.transformer.drop(x + self.transformer.wpe(pos))
         for i, block in enumerate(self.transformer.h):
-            x = block(x, None if kv_caches is None else kv_caches[i])
+            if self.activation_checkpointing and self.training and kv_caches is None:
+                x = checkpoint(block, x, use_reentrant=False)  # replays dropout with the same RNG state
+            else:
+                x = block(x, None if kv_caches is None else kv_caches[i])
         x = self.transformer.ln_f(x[:, N:])
         if targets is None:
             return self.lm_head(x), None

@@ -5,6 +5,8 @@ trained with exactly the dense schedule. --sparsity=0 is the dense baseline.
   python pretrain.py --sparsity=0.75                          # CPU toy run on tinyshakespeare
   python pretrain.py config/pretrain_gpt2_small.py --sparsity=0.75
   torchrun --standalone --nproc_per_node=8 pretrain.py config/pretrain_gpt3_xl.py --sparsity=0.75
+  torchrun ... --fsdp=True --activation_checkpointing=True    shard weights, grads and AdamW state (FSDP2);
+                                                               recompute block activations in backward
 
 Related systems, as options (their logic lives in their own modules):
   --init_from=out/ckpt.pt --mask_method=sparsegpt --sparsity=0.5   SparseGPT one-shot prune, then sparse
@@ -21,6 +23,11 @@ from dataclasses import asdict
 
 import torch
 import torch.distributed as dist
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                     get_optimizer_state_dict, set_optimizer_state_dict)
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import fully_shard
+from torch.distributed.tensor import distribute_tensor
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
@@ -69,6 +76,8 @@ DEFAULTS = dict(
     eval_iters=10,
     device="auto",
     compile=False,
+    fsdp=False,                 # under torchrun: shard weights, grads and AdamW state (FSDP2) instead of DDP
+    activation_checkpointing=False,  # recompute each block's activations in backward: less memory, more compute
     seed=1337,
 )
 
@@ -86,6 +95,9 @@ def validate(cfg):
     check(cfg["densify_at"] >= 0, "--densify_at must be non-negative")
     check(0.0 <= cfg["omit_rate"] < 1.0, f"--omit_rate must be in [0, 1), got {cfg['omit_rate']}")
     check(not (cfg["omit_rate"] and cfg["compile"]), "--omit_rate does not work with --compile")
+    check(not (cfg["omit_rate"] and cfg["fsdp"]), "--omit_rate does not work with --fsdp")
+    check(not (cfg["omit_rate"] and cfg["activation_checkpointing"]),  # the recompute would observe twice
+          "--omit_rate does not work with --activation_checkpointing")
     try:
         omission.parse_schedule(cfg["omit_schedule"])
     except ValueError as e:
@@ -114,11 +126,42 @@ def setup_distributed(device):
 
 
 def fingerprint(model, masks):
-    """Two numbers that differ if any weight or mask differs; compared across DDP ranks."""
-    w = sum(float(p.detach().double().sum()) for p in model.parameters())
+    """Two numbers that differ if any weight or mask differs; compared across ranks."""
+    full = lambda p: p.full_tensor() if hasattr(p, "full_tensor") else p  # FSDP: gather one weight at a time
+    w = sum(float(full(p.detach()).double().sum()) for p in model.parameters())
     m = sum(float(mask.double().mul(torch.arange(mask.numel(), device=mask.device).view(mask.shape) % 9973).sum())
             for mask in masks.values())
     return [w, m]
+
+
+def shard(model, masks, device, compile):
+    """FSDP2: one all-gather / reduce-scatter group per block, the root (embeddings, final LayerNorm)
+    another. Parameters become DTensors sharded on dim 0; returns the masks sharded the same way."""
+    mesh = init_device_mesh(device.split(":")[0], (dist.get_world_size(),))
+    for block in model.transformer.h:
+        if compile:
+            block.compile()  # per block and in place (parameter names unchanged), before sharding
+        fully_shard(block, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    params = dict(model.named_parameters())
+    # every rank holds the same full masks (checked), so each slices its own shard: no communication
+    return {n: distribute_tensor(m, params[n].device_mesh, params[n].placements, src_data_rank=None)
+            for n, m in masks.items()}
+
+
+# FSDP state dicts key the optimizer state by parameter name; checkpoints use optimizer.state_dict()'s
+# numbering (parameters in param-group order), so runs with and without FSDP can resume each other
+def optimizer_state_by_index(state):
+    index = {name: i for i, name in enumerate(n for g in state["param_groups"] for n in g["params"])}
+    return dict(state={index[n]: s for n, s in state["state"].items()},
+                param_groups=[{**g, "params": [index[n] for n in g["params"]]} for g in state["param_groups"]])
+
+
+def optimizer_state_by_name(state, optimizer, model):
+    names = {id(p): n for n, p in model.named_parameters()}
+    name = [names[id(p)] for g in optimizer.param_groups for p in g["params"]]
+    return dict(state={name[i]: s for i, s in state["state"].items()},
+                param_groups=[{**g, "params": [name[i] for i in g["params"]]} for g in state["param_groups"]])
 
 
 def configure_optimizer(model, cfg, device):
@@ -142,6 +185,9 @@ def main(argv):
     device = pick_device(cfg["device"])
     rank, _, world, device = setup_distributed(device)
     master = rank == 0
+    check(not cfg["fsdp"] or dist.is_initialized(), "--fsdp shards over processes: launch with torchrun, "
+          "e.g. torchrun --standalone --nproc_per_node=2 pretrain.py --fsdp=True")
+    check(not cfg["fsdp"] or device.startswith(("cuda", "cpu")), "--fsdp needs --device=cuda or cpu")
     accum = cfg["gradient_accumulation_steps"]
     check(accum % world == 0, f"--gradient_accumulation_steps ({accum}) must be a multiple of the "
           f"number of processes ({world})")
@@ -179,21 +225,30 @@ def main(argv):
     model.to(device)
     masks = sp.masks_to(masks, device)
     sp.apply_masks(model, masks)
+    model.activation_checkpointing = cfg["activation_checkpointing"]
+    if dist.is_initialized():  # before DDP's broadcast or FSDP's sharding could hide a difference
+        prints = [None] * world
+        dist.all_gather_object(prints, fingerprint(model, masks))
+        check(all(p == prints[0] for p in prints), "ranks disagree on initial weights or masks")
 
-    optimizer = configure_optimizer(model, cfg, device)
-    if ckpt is not None:
-        optimizer.load_state_dict(ckpt["optimizer"])
-    sp.mask_optimizer_state(optimizer, model, masks)
-    raw_model = model
+    raw_model = model  # the GPT itself (under FSDP sharded in place, so model and raw_model are one)
     # SAT-style omission patches the blocks' forwards to compute only the kept units
     omitter = omission.Omitter(raw_model) if cfg["omit_rate"] > 0 else None
-    if cfg["compile"]:
-        model = torch.compile(model)
-    if world > 1:
-        model = DDP(model, device_ids=[int(device.split(":")[1])] if device.startswith("cuda") else None)
-        prints = [None] * world
-        dist.all_gather_object(prints, fingerprint(raw_model, masks))
-        check(all(p == prints[0] for p in prints), "ranks disagree on initial weights or masks")
+    step_masks = masks  # the masks laid out like the parameters: sharded DTensors under FSDP
+    if cfg["fsdp"]:
+        step_masks = shard(model, masks, device, cfg["compile"])
+    else:
+        if cfg["compile"]:
+            model = torch.compile(model)
+        if world > 1:
+            model = DDP(model, device_ids=[int(device.split(":")[1])] if device.startswith("cuda") else None)
+    optimizer = configure_optimizer(raw_model, cfg, device)
+    if ckpt is not None and cfg["fsdp"]:  # every rank read the full state; each keeps its shards
+        set_optimizer_state_dict(model, optimizer, optimizer_state_by_name(ckpt["optimizer"], optimizer, model),
+                                 options=StateDictOptions(full_state_dict=True))
+    elif ckpt is not None:
+        optimizer.load_state_dict(ckpt["optimizer"])
+    sp.mask_optimizer_state(optimizer, raw_model, step_masks)
 
     # data: random windows, drawn from a generator whose state is saved for exact resume
     data_dir = cfg["data_dir"] or None
@@ -225,6 +280,8 @@ def main(argv):
                 with autocast(device):
                     losses.append(raw_model(*get_batch(split, gen))[1].item())
             out[split] = sum(losses) / len(losses)
+        if cfg["fsdp"]:  # no backward follows to free the root's gathered weights; go back to the shards
+            model.reshard()
         model.train()
         return out
 
@@ -248,8 +305,8 @@ def main(argv):
 
     if master:
         os.makedirs(cfg["out_dir"], exist_ok=True)
-        print(f"{cfg['model']}: {raw_model.num_params():,} parameters, {world} process(es) on {device}, "
-              f"{tokens_per_iter:,} tokens per step")
+        print(f"{cfg['model']}: {raw_model.num_params():,} parameters, {world} process(es)"
+              f"{' (FSDP)' if cfg['fsdp'] else ''} on {device}, {tokens_per_iter:,} tokens per step")
         if masks:
             summary, lines = sp.report(raw_model, masks)
             print(lines[-1])
@@ -265,10 +322,19 @@ def main(argv):
         if world > 1:
             data_states = [None] * world
             dist.all_gather_object(data_states, data_gen.get_state())
+        if cfg["fsdp"]:  # collectives on every rank; rank 0 gets the full tensors, on the CPU
+            options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+            model_state = get_model_state_dict(model, options=options)
+            optimizer_state = get_optimizer_state_dict(model, optimizer, options=options)
+            if master:  # the gather copies the tied head; share one tensor again, as state_dict() does
+                model_state["lm_head.weight"] = model_state["transformer.wte.weight"]
+                optimizer_state = optimizer_state_by_index(optimizer_state)
+        else:
+            model_state, optimizer_state = raw_model.state_dict(), optimizer.state_dict()
         if master:
             save_checkpoint(dict(
-                model=raw_model.state_dict(), masks={n: m.cpu() for n, m in masks.items()},
-                optimizer=optimizer.state_dict(), config=cfg, model_config=asdict(mcfg),
+                model=model_state, masks={n: m.cpu() for n, m in masks.items()},
+                optimizer=optimizer_state, config=cfg, model_config=asdict(mcfg),
                 iter_num=iter_num, tokens_seen=tokens_seen, flops_spent=flops_spent, best_val_loss=best_val,
                 rng=dict(torch=torch.get_rng_state(), data=data_states,
                          cuda=torch.cuda.get_rng_state() if device.startswith("cuda") else None),
@@ -279,7 +345,7 @@ def main(argv):
     model.train()
     while iter_num < cfg["max_iters"]:
         if masks and dense_from is not None and iter_num >= dense_from:  # Variable SPDF: lift the masks;
-            masks, cfg["densified_at_iter"] = {}, iter_num  # pruned weights and their Adam moments are 0
+            masks, step_masks, cfg["densified_at_iter"] = {}, {}, iter_num  # pruned weights, moments are 0
             if master:
                 tqdm.write(f"iter {iter_num}: switching to dense pre-training (Variable SPDF)")
         if omitter:
@@ -291,17 +357,19 @@ def main(argv):
         loss_sum = 0.0
         for micro in range(accum):
             x, y = get_batch("train", data_gen)
-            if world > 1:  # all-reduce gradients only on the last micro-step
+            if cfg["fsdp"]:  # sync gradients (FSDP: reduce-scatter, DDP: all-reduce) only on the last micro-step
+                model.set_requires_gradient_sync(micro == accum - 1)
+            elif world > 1:
                 model.require_backward_grad_sync = micro == accum - 1
             with autocast(device):
                 _, loss = model(x, y)
             (loss / accum).backward()
             loss_sum += loss.item() / accum
-        sp.mask_grads(raw_model, masks)
+        sp.mask_grads(raw_model, step_masks)
         if cfg["grad_clip"] > 0:
             torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg["grad_clip"])
         optimizer.step()
-        sp.apply_masks(raw_model, masks)  # AdamW's decoupled decay touches every entry
+        sp.apply_masks(raw_model, step_masks)  # AdamW's decoupled decay touches every entry
         optimizer.zero_grad(set_to_none=True)
         iter_num += 1
         tokens_seen += tokens_per_iter
@@ -337,9 +405,9 @@ def main(argv):
         bar.set_postfix(postfix)
         bar.update(1)
     bar.close()
-    if master and masks:
-        assert sp.check_masked(raw_model, masks), "a pruned weight is non-zero"
-    if world > 1:
+    if masks:  # every rank: under FSDP each checks its own shards
+        assert sp.check_masked(raw_model, step_masks), "a pruned weight is non-zero"
+    if dist.is_initialized():
         dist.destroy_process_group()
     return cfg
 

@@ -103,9 +103,10 @@ def mask_optimizer_state(optimizer, model, masks):
 
 
 def check_masked(model, masks):
-    """True if every pruned weight is exactly 0."""
+    """True if every pruned weight is exactly 0 (under FSDP: in this rank's shards, masks sharded alike)."""
     params = dict(model.named_parameters())
-    return all(not params[n].detach()[~m.to(params[n].device)].any() for n, m in masks.items())
+    local = lambda t: t.to_local() if hasattr(t, "to_local") else t  # a DTensor's shard on this rank
+    return all(not local(params[n].detach())[~local(m).to(params[n].device)].any() for n, m in masks.items())
 
 
 def report(model, masks):

@@ -1,5 +1,6 @@
 """Shared fixtures. Tests run offline: the data mirror and tokenizer cache default to ../shared."""
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -39,6 +40,27 @@ def one_thread():
 def run_pretrain(out_dir, data_dir, *args):
     import pretrain
     return pretrain.main([*TINY_RUN, f"--data_dir={data_dir}", f"--out_dir={out_dir}", *args])
+
+
+def torchrun_pretrain(out_dir, data_dir, *args):
+    """pretrain.py under torchrun: 2 CPU processes (gloo), one thread each; fails the test on error."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "pretrain.py",
+           *TINY_RUN, f"--data_dir={data_dir}", f"--out_dir={out_dir}", *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+# the 2-process run that DDP and FSDP both make: 5 steps of 2 micro-steps (one per process), 75% sparse
+TWO_PROCESS_RUN = ["--sparsity=0.75", "--max_iters=5", "--eval_interval=5", "--gradient_accumulation_steps=2"]
+
+
+@pytest.fixture(scope="session")
+def ddp_run(tmp_path_factory, shakespeare_dir):
+    """TWO_PROCESS_RUN with DDP; returns its out_dir."""
+    out = tmp_path_factory.mktemp("ddp")
+    torchrun_pretrain(out, shakespeare_dir, *TWO_PROCESS_RUN)
+    return out
 
 
 @pytest.fixture(scope="session")

@@ -1,3 +1,4 @@
+import pytest
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
@@ -94,3 +95,28 @@ def test_dense_forward_flops_match_torch_flop_counter():
         m(torch.randint(0, 1000, (1, 64)))
     softmax = cfg.n_layer * 3 * cfg.n_head * 64 * 64
     assert counter.get_total_flops() == forward_flops(cfg, 64, 0.0, vocab=1000) - softmax
+
+
+def test_activation_checkpointing_recomputes_blocks_with_the_same_loss_and_gradients():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=32, vocab_size=100, n_layer=2, n_head=2, n_embd=32, dropout=0.1))
+    idx, targets = torch.randint(0, 100, (2, 16)), torch.randint(0, 100, (2, 16))
+    calls = []
+    for block in model.transformer.h:
+        block.register_forward_pre_hook(lambda *_: calls.append(1))  # the recompute may stop early
+
+    def step(checkpointing):
+        model.activation_checkpointing = checkpointing
+        model.zero_grad(set_to_none=True)
+        calls.clear()
+        torch.manual_seed(1)  # the same dropout masks in both runs (and in the recompute)
+        _, loss = model(idx, targets)
+        loss.backward()
+        return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters()}, len(calls)
+
+    loss, grads, forwards = step(False)
+    ac_loss, ac_grads, ac_forwards = step(True)
+    assert (forwards, ac_forwards) == (2, 4)  # with checkpointing each block runs again in backward
+    assert ac_loss == pytest.approx(loss, abs=1e-6)
+    for name, grad in grads.items():
+        torch.testing.assert_close(ac_grads[name], grad, atol=1e-6, rtol=0, msg=name)

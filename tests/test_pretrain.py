@@ -1,5 +1,4 @@
 import json
-import os
 import subprocess
 import sys
 
@@ -7,7 +6,7 @@ import pytest
 import torch
 
 from common import UsageError, parse_config
-from tests.conftest import ROOT, TINY_RUN, run_pretrain
+from tests.conftest import ROOT, run_pretrain
 
 SIX = ("attn.q_proj.weight", "attn.k_proj.weight", "attn.v_proj.weight",
        "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
@@ -69,23 +68,18 @@ def test_resume_refuses_to_change_sparsity(tmp_path, shakespeare_dir):
         run_pretrain(tmp_path, shakespeare_dir, "--init_from=resume", "--sparsity=0.75", "--max_iters=2")
 
 
-def test_two_process_ddp_run_ends_identical_on_both_ranks(tmp_path, shakespeare_dir):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "pretrain.py",
-           *TINY_RUN, "--sparsity=0.75", "--max_iters=5", "--eval_interval=5", "--gradient_accumulation_steps=2",
-           f"--data_dir={shakespeare_dir}", f"--out_dir={tmp_path}"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=240)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    last = json.loads((tmp_path / "log.jsonl").read_text().splitlines()[-1])
+def test_two_process_ddp_run_ends_identical_on_both_ranks(ddp_run):
+    last = json.loads((ddp_run / "log.jsonl").read_text().splitlines()[-1])
     fingerprints = last["rank_fingerprints"]
     assert len(fingerprints) == 2 and fingerprints[0] == fingerprints[1]
-    ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=False)
+    ckpt = torch.load(ddp_run / "ckpt.pt", weights_only=False)
     assert all(int((~m).sum()) == round(0.75 * m.numel()) for m in ckpt["masks"].values())
 
 
 @pytest.mark.parametrize("arg, message", [
     ("--sparsity=1.5", "sparsity"), ("--sparsity=-0.1", "sparsity"), ("--model=nope", "model"),
     ("--max_iters=abc", "max_iters"), ("--no_such_key=1", "no_such_key"), ("--dataset=nope", "dataset"),
+    ("--fsdp=True", "torchrun"),
 ])
 def test_bad_input_is_a_one_line_error(arg, message):
     proc = subprocess.run([sys.executable, "pretrain.py", arg], cwd=ROOT, capture_output=True, text=True)
