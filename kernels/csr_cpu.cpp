@@ -3,12 +3,19 @@
 // spmm:  y (N, M) = x (N, K) @ W.T, W (M, K) in CSR.
 //   The naive loop, "for each token, for each row, gather x[col] and multiply", is a scalar
 //   gather per nonzero. Instead we turn the token dimension into the vector dimension: a tile of
-//   TILE tokens is packed as a (K, TILE) block, so input feature j of those tokens is TILE
+//   TILE tokens is transposed into a (K, TILE) block, so input feature j of those tokens is TILE
 //   contiguous floats. Each nonzero (i, j, w) then does one AXPY, acc[0:TILE] += w * xt[j, 0:TILE],
-//   with acc living in vector registers. For a large K the (K, TILE) tile outgrows the L2 cache,
-//   so the columns go in blocks of KB_BYTES: a block of RB rows sweeps one (KB, TILE) slab of x at
-//   a time, keeping its partial sums in a small buffer. Work is split over (token tile, block of
-//   rows) pairs with at::parallel_for, so it obeys torch.set_num_threads.
+//   with acc in NACC = 8 vector registers (8 independent FMA chains hide the FMA latency).
+//   What limits it is loading x: TILE floats per nonzero. So the columns go in blocks of KB, whose
+//   (KB, TILE) slab of x stays in L1/L2 while a block of RB rows sweeps it, their partial sums kept
+//   in a small buffer. The nonzeros are first copied into exactly that visiting order (row block,
+//   column block, row), so the weights stream through memory sequentially: read in CSR row order,
+//   the same sweep touches RB separate places per column block and the prefetcher loses track.
+//   Each thread takes whole token tiles (its own packing buffer, reused); when there are fewer
+//   tiles than threads, a tile's rows are split between threads instead.
+//   Reading and writing the token-major x and y goes through 8x8 register transposes: writing a
+//   column of y element by element strides M floats, and with M a multiple of 1024 all those
+//   addresses fall into one cache set.
 //   Columns must be sorted within each row (to_csr and transpose_plan guarantee it).
 // Few tokens (generation, one token at a time): no tile to fill, so each row becomes a gathered
 //   dot product over its nonzeros, parallel over rows. Memory-bound on reading W: CSR reads
@@ -19,17 +26,21 @@
 #include <ATen/Parallel.h>
 #include <algorithm>
 #include <vector>
+#ifdef __AVX2__
+#include <immintrin.h>
+#endif
 
-// 16 floats as one value: the compiler maps it to one AVX-512 register (or two AVX2 ones).
-// aligned(4) so it may load from any float address.
-typedef float v16 __attribute__((vector_size(64), aligned(4)));
-typedef float v16_aligned __attribute__((vector_size(64)));  // storage: 64-byte aligned rows
-#ifndef BIG_TILE
-#define BIG_TILE 64  // tokens per tile: 4 AVX-512 or 8 AVX2 registers per accumulator set
+// One SIMD register of floats, as a GCC vector type: the compiler emits the native instructions.
+#ifdef __AVX512F__
+constexpr int VW = 16;
+#else
+constexpr int VW = 8;  // AVX2 (and, two registers per value, plain SSE)
 #endif
-#ifndef KB_BYTES
-#define KB_BYTES (128 * 1024)  // one (columns, TILE) block of x: fits the L2 cache with room to spare
-#endif
+typedef float vec __attribute__((vector_size(VW * 4)));
+constexpr int NACC = 8;                    // accumulator registers per row
+constexpr int BIG_TILE = NACC * VW;        // tokens per tile: 64 with AVX2, 128 with AVX-512
+constexpr int64_t SLAB_BYTES = 32 * 1024;  // one (KB, TILE) slab of x: the size of L1, half of L2
+constexpr int64_t RB = 64;                 // rows per block: their partial sums, RB * TILE floats
 
 // at::parallel_for runs a range in the calling thread when it is below the grain: give each
 // thread at least MIN_WORK multiply-adds, so small products (generation) skip the thread
@@ -39,75 +50,119 @@ static int64_t grain(int64_t items, int64_t total_work) {
   return std::max<int64_t>(1, MIN_WORK * items / std::max<int64_t>(1, total_work));
 }
 
-// rows [t0, t0 + TILE) of a row-major (N, K) matrix -> (K, TILE) block, zero-padded past N
+// dst[j * ldd + i] = src[i * lds + j] for the (rows, cols) block of src; 8x8 blocks in registers
+static void transpose(const float* src, int64_t lds, float* dst, int64_t ldd, int64_t rows, int64_t cols) {
+  int64_t i = 0;
+#ifdef __AVX2__
+  for (; i + 8 <= rows; i += 8) {
+    int64_t j = 0;
+    for (; j + 8 <= cols; j += 8) {
+      __m256 a[8], b[8];
+      for (int u = 0; u < 8; u++) a[u] = _mm256_loadu_ps(src + (i + u) * lds + j);
+      for (int u = 0; u < 8; u += 2) {  // interleave pairs of rows, then pairs of pairs, then halves
+        b[u] = _mm256_unpacklo_ps(a[u], a[u + 1]);
+        b[u + 1] = _mm256_unpackhi_ps(a[u], a[u + 1]);
+      }
+      for (int u = 0; u < 8; u += 4) {
+        a[u] = _mm256_shuffle_ps(b[u], b[u + 2], 0x44);
+        a[u + 1] = _mm256_shuffle_ps(b[u], b[u + 2], 0xEE);
+        a[u + 2] = _mm256_shuffle_ps(b[u + 1], b[u + 3], 0x44);
+        a[u + 3] = _mm256_shuffle_ps(b[u + 1], b[u + 3], 0xEE);
+      }
+      for (int u = 0; u < 4; u++) {
+        _mm256_storeu_ps(dst + (j + u) * ldd + i, _mm256_permute2f128_ps(a[u], a[u + 4], 0x20));
+        _mm256_storeu_ps(dst + (j + u + 4) * ldd + i, _mm256_permute2f128_ps(a[u], a[u + 4], 0x31));
+      }
+    }
+    for (; j < cols; j++)
+      for (int u = 0; u < 8; u++) dst[j * ldd + i + u] = src[(i + u) * lds + j];
+  }
+#endif
+  for (; i < rows; i++)
+    for (int64_t j = 0; j < cols; j++) dst[j * ldd + i] = src[i * lds + j];
+}
+
+// tokens [t0, t0 + TILE) of a row-major (N, K) matrix -> (K, TILE) block, zero-padded past N
 template <int TILE>
 static void pack_tile(const float* x, int64_t N, int64_t K, int64_t t0, float* out) {
   const int64_t nt = std::min<int64_t>(TILE, N - t0);
-  for (int64_t t = 0; t < TILE; t++) {
-    const float* src = x + (t0 + t) * K;
-    for (int64_t k = 0; k < K; k++) out[k * TILE + t] = t < nt ? src[k] : 0.f;
-  }
+  transpose(x + t0 * K, K, out, TILE, nt, K);
+  if (nt < TILE)
+    for (int64_t k = 0; k < K; k++) std::fill(out + k * TILE + nt, out + (k + 1) * TILE, 0.f);
 }
 
-// every packed row of TILE floats starts on a cache line, so a row is whole cache lines
-template <int TILE>
-static std::vector<v16_aligned> pack_all(const float* x, int64_t N, int64_t K) {
-  const int64_t ntiles = (N + TILE - 1) / TILE;
-  std::vector<v16_aligned> buffer(ntiles * K * TILE / 16);
-  float* packed = (float*)buffer.data();
-  at::parallel_for(0, ntiles, grain(ntiles, ntiles * K * TILE), [&](int64_t b, int64_t e) {
-    for (int64_t tile = b; tile < e; tile++) pack_tile<TILE>(x, N, K, tile * TILE, packed + tile * K * TILE);
+// the nonzeros in the order the kernel visits them: (row block, column block, row).
+// Segment q = (rb * nkb + c) * RB + (i % RB) holds row i's entries in column block c,
+// start[q] .. start[q + 1] in col/val.
+struct Blocked {
+  std::vector<int64_t> start;
+  std::vector<int> col;
+  std::vector<float> val;
+};
+
+static Blocked block_nonzeros(const int* crow, const int* col, const float* val, int64_t K, int64_t M, int64_t KB) {
+  const int64_t nkb = (K + KB - 1) / KB, nrb = (M + RB - 1) / RB, nseg = nrb * nkb * RB;
+  Blocked b{std::vector<int64_t>(nseg + 1, 0), std::vector<int>(crow[M]), std::vector<float>(crow[M])};
+  auto segment = [&](int64_t i, int64_t c) { return ((i / RB) * nkb + c) * RB + i % RB; };
+  at::parallel_for(0, M, grain(M, M * nkb * 16), [&](int64_t lo_row, int64_t hi_row) {
+    for (int64_t i = lo_row; i < hi_row; i++) {
+      int64_t p = crow[i];
+      for (int64_t c = 0; c < nkb; c++) {  // columns are sorted: each block is one run of the row
+        const int64_t end = c + 1 == nkb ? crow[i + 1]
+                                         : std::lower_bound(col + p, col + crow[i + 1], (int)((c + 1) * KB)) - col;
+        b.start[segment(i, c) + 1] = end - p;
+        p = end;
+      }
+    }
   });
-  return buffer;
+  for (int64_t q = 0; q < nseg; q++) b.start[q + 1] += b.start[q];  // counts -> offsets
+  at::parallel_for(0, M, grain(M, crow[M]), [&](int64_t lo_row, int64_t hi_row) {
+    for (int64_t i = lo_row; i < hi_row; i++) {
+      int64_t p = crow[i];
+      for (int64_t c = 0; c < nkb; c++)
+        for (int64_t d = b.start[segment(i, c)]; d < b.start[segment(i, c) + 1]; d++, p++) {
+          b.col[d] = col[p];
+          b.val[d] = val[p];
+        }
+    }
+  });
+  return b;
 }
 
 template <int TILE>
 static void spmm_tiled(const int* crow, const int* col, const float* val, const float* bias,
                        const float* x, float* y, int64_t N, int64_t K, int64_t M) {
-  constexpr int V = TILE / 16;       // vectors per token tile
-  constexpr int64_t RB = 128;        // rows per work item: their partial sums stay in L1/L2
-  const int64_t KB = std::max<int64_t>(16, KB_BYTES / (TILE * 4));  // columns per cache block
-  const int64_t ntiles = (N + TILE - 1) / TILE, nrb = (M + RB - 1) / RB, nkb = (K + KB - 1) / KB;
-  const std::vector<v16_aligned> buffer = pack_all<TILE>(x, N, K);
-  const float* packed = (const float*)buffer.data();
-  // split[i * (nkb + 1) + c]: first entry of row i with column >= c * KB (columns are sorted),
-  // so each row's entries are cut into one run per column block
-  std::vector<int> split(M * (nkb + 1));
-  at::parallel_for(0, M, grain(M, M * (nkb + 1) * 16), [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; i++)
-      for (int64_t c = 0; c <= nkb; c++)
-        split[i * (nkb + 1) + c] = std::lower_bound(col + crow[i], col + crow[i + 1], (int)std::min(K, c * KB)) - col;
-  });
-  at::parallel_for(0, ntiles * nrb, grain(ntiles * nrb, (int64_t)crow[M] * ntiles * TILE), [&](int64_t b, int64_t e) {
-    std::vector<v16> part(RB * V);  // this work item's outputs, (rows, TILE), across column blocks
-    for (int64_t w = b; w < e; w++) {
-      const int64_t tile = w / nrb, r0 = (w % nrb) * RB, r1 = std::min(M, r0 + RB);
-      const float* xt = packed + tile * K * TILE;
-      for (int64_t i = r0; i < r1; i++)
-        for (int u = 0; u < V; u++) part[(i - r0) * V + u] = v16{} + (bias ? bias[i] : 0.f);
-      for (int64_t c = 0; c < nkb; c++) {  // the (KB, TILE) block of x is reused by all RB rows
-        for (int64_t i = r0; i < r1; i++) {
-          v16* acc0 = &part[(i - r0) * V];
-          v16 acc1[V] = {};  // a second accumulator set: two independent FMA chains
-          int p = split[i * (nkb + 1) + c];
-          const int end = split[i * (nkb + 1) + c + 1];
-          for (; p + 1 < end; p += 2) {
-            const float v0 = val[p], v1 = val[p + 1];
-            const v16* x0 = (const v16*)(xt + (int64_t)col[p] * TILE);
-            const v16* x1 = (const v16*)(xt + (int64_t)col[p + 1] * TILE);
-            for (int u = 0; u < V; u++) { acc0[u] += v0 * x0[u]; acc1[u] += v1 * x1[u]; }
+  constexpr int V = TILE / VW;  // accumulator registers per row
+  const int64_t KB = std::max<int64_t>(VW, SLAB_BYTES / (TILE * 4));
+  const int64_t nkb = (K + KB - 1) / KB, nrb = (M + RB - 1) / RB, ntiles = (N + TILE - 1) / TILE;
+  const Blocked w = block_nonzeros(crow, col, val, K, M, KB);
+  // work item = (token tile, chunk of row blocks); chunks only when tiles are too few to share out
+  const int64_t threads = at::get_num_threads();
+  const int64_t nchunks = std::min<int64_t>(nrb, (threads + ntiles - 1) / ntiles);
+  const int64_t per_chunk = (nrb + nchunks - 1) / nchunks;
+  at::parallel_for(0, ntiles * nchunks, grain(ntiles * nchunks, (int64_t)crow[M] * N), [&](int64_t b, int64_t e) {
+    std::vector<vec> packed(K * V), part(RB * V);  // this thread's x tile and partial sums
+    float* xt = (float*)packed.data();
+    int64_t packed_tile = -1;
+    for (int64_t item = b; item < e; item++) {
+      const int64_t tile = item / nchunks, chunk = item % nchunks, t0 = tile * TILE;
+      if (tile != packed_tile) pack_tile<TILE>(x, N, K, t0, xt), packed_tile = tile;
+      for (int64_t rb = chunk * per_chunk; rb < std::min(nrb, (chunk + 1) * per_chunk); rb++) {
+        const int64_t r0 = rb * RB, rows = std::min(RB, M - r0);
+        for (int64_t c = 0; c < nkb; c++) {  // the (KB, TILE) slab of x is reused by all RB rows
+          for (int64_t r = 0; r < rows; r++) {
+            vec acc[V];
+            for (int u = 0; u < V; u++) acc[u] = c == 0 ? vec{} + (bias ? bias[r0 + r] : 0.f) : part[r * V + u];
+            const int64_t q = (rb * nkb + c) * RB + r;
+            for (int64_t p = w.start[q]; p < w.start[q + 1]; p++) {
+              const float v = w.val[p];
+              const vec* xr = (const vec*)(xt + (int64_t)w.col[p] * TILE);
+              for (int u = 0; u < V; u++) acc[u] += v * xr[u];
+            }
+            for (int u = 0; u < V; u++) part[r * V + u] = acc[u];
           }
-          if (p < end) {
-            const v16* x0 = (const v16*)(xt + (int64_t)col[p] * TILE);
-            for (int u = 0; u < V; u++) acc0[u] += val[p] * x0[u];
-          }
-          for (int u = 0; u < V; u++) acc0[u] += acc1[u];
         }
-      }
-      const int64_t t0 = tile * TILE, nt = std::min<int64_t>(TILE, N - t0);
-      for (int64_t i = r0; i < r1; i++) {
-        const float* out = (const float*)&part[(i - r0) * V];
-        for (int64_t t = 0; t < nt; t++) y[(t0 + t) * M + i] = out[t];
+        transpose((const float*)part.data(), TILE, y + t0 * M + r0, M, rows, std::min<int64_t>(TILE, N - t0));
       }
     }
   });
@@ -149,8 +204,9 @@ torch::Tensor spmm(torch::Tensor crow, torch::Tensor col, torch::Tensor val,
   const int* cr = crow.data_ptr<int>();
   const int* cl = col.data_ptr<int>();
   const float* v = val.data_ptr<float>();
+  if (K == 0) return bias.has_value() ? bias->expand({N, M}).contiguous() : y.zero_();  // an empty sum
   if (N >= BIG_TILE) spmm_tiled<BIG_TILE>(cr, cl, v, b, x.data_ptr<float>(), y.data_ptr<float>(), N, K, M);
-  else if (N >= 8) spmm_tiled<16>(cr, cl, v, b, x.data_ptr<float>(), y.data_ptr<float>(), N, K, M);
+  else if (N >= 8) spmm_tiled<2 * VW>(cr, cl, v, b, x.data_ptr<float>(), y.data_ptr<float>(), N, K, M);
   else spmm_gather(cr, cl, v, b, x.data_ptr<float>(), y.data_ptr<float>(), N, K, M);
   return y;
 }
@@ -164,10 +220,15 @@ torch::Tensor sddmm(torch::Tensor crow, torch::Tensor col, torch::Tensor dy, tor
   const int* cl = col.data_ptr<int>();
   auto g = torch::zeros({col.numel()}, x.options());
   float* gp = g.data_ptr<float>();
-  const std::vector<v16_aligned> xbuf = pack_all<TILE>(x.data_ptr<float>(), N, K);
-  const std::vector<v16_aligned> dbuf = pack_all<TILE>(dy.data_ptr<float>(), N, M);
-  const float* xp = (const float*)xbuf.data();
-  const float* dp = (const float*)dbuf.data();
+  std::vector<vec> xbuf(ntiles * K * TILE / VW), dbuf(ntiles * M * TILE / VW);
+  float* xp = (float*)xbuf.data();
+  float* dp = (float*)dbuf.data();
+  at::parallel_for(0, ntiles, grain(ntiles, ntiles * (K + M) * TILE), [&](int64_t b, int64_t e) {
+    for (int64_t tile = b; tile < e; tile++) {
+      pack_tile<TILE>(x.data_ptr<float>(), N, K, tile * TILE, xp + tile * K * TILE);
+      pack_tile<TILE>(dy.data_ptr<float>(), N, M, tile * TILE, dp + tile * M * TILE);
+    }
+  });
   for (int64_t tile = 0; tile < ntiles; tile++) {  // one token tile at a time stays in cache
     const float* xt = xp + tile * K * TILE;
     const float* dt = dp + tile * M * TILE;
