@@ -46,13 +46,15 @@ def test_csr_round_trip():
 @pytest.mark.parametrize("m,k,density", [(64, 48, 0.25), (130, 1100, 0.1), (33, 17, 0.0), (40, 24, 1.0),
                                          (300, 96, 0.05)])
 @pytest.mark.parametrize("n", [1, 5, 16, 63, 64, 130])
-def test_csr_matmul_matches_dense(ext, m, k, density, n):
+@pytest.mark.parametrize("index", [torch.int32, torch.int16])
+def test_csr_matmul_matches_dense(ext, m, k, density, n, index):
     # n covers the gather path (< 8 tokens), 16-token and 64-token tiles, and ragged tails;
-    # k=1100 spans several column blocks; m=130 and 300 leave a partial block of rows
+    # k=1100 spans several column blocks; m=130 and 300 leave a partial block of rows;
+    # int16 columns are what SparseLinear hands the kernel
     w = masked(m, k, density, seed=m + k + n, empty_rows=(0, m // 2))
     x = torch.randn(n, k)
     c = to_csr(w)
-    y = kernels.csr_matmul(c, x)
+    y = kernels.csr_matmul(kernels.CSR(c.crow, c.col.to(index), c.values, c.shape), x)
     torch.testing.assert_close(y, x @ w.t(), rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(csr_matmul_reference(c, x), x @ w.t(), rtol=1e-4, atol=1e-4)
 
@@ -92,6 +94,7 @@ def test_sparse_linear_grads_equal_masked_dense(ext, tokens):
     with torch.no_grad():
         lin.weight.mul_(mask)
     sl = kernels.SparseLinear.from_linear(lin, mask)
+    assert sl.col.dtype == torch.int16 and sl.csr().col.dtype == torch.int32  # narrow inside, int32 out
     x = torch.randn(2, tokens, 72, requires_grad=True)
     x2 = x.detach().clone().requires_grad_()
     g = torch.randn(2, tokens, 40)
