@@ -25,6 +25,7 @@
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <algorithm>
+#include <memory>
 #include <vector>
 #ifdef __AVX2__
 #include <immintrin.h>
@@ -98,14 +99,15 @@ static void pack_tile(const float* x, int64_t N, int64_t K, int64_t t0, float* o
 // start[q] .. start[q + 1] in col/val.
 struct Blocked {
   std::vector<int64_t> start;
-  std::vector<int> col;
-  std::vector<float> val;
+  std::unique_ptr<int[]> col;  // not std::vector: its zero-fill would be one more pass over memory
+  std::unique_ptr<float[]> val;
 };
 
 template <typename Index>
 static Blocked block_nonzeros(const int* crow, const Index* col, const float* val, int64_t K, int64_t M, int64_t KB) {
   const int64_t nkb = (K + KB - 1) / KB, nrb = (M + RB - 1) / RB, nseg = nrb * nkb * RB;
-  Blocked b{std::vector<int64_t>(nseg + 1, 0), std::vector<int>(crow[M]), std::vector<float>(crow[M])};
+  Blocked b{std::vector<int64_t>(nseg + 1, 0), std::unique_ptr<int[]>(new int[crow[M]]),
+            std::unique_ptr<float[]>(new float[crow[M]])};
   auto segment = [&](int64_t i, int64_t c) { return ((i / RB) * nkb + c) * RB + i % RB; };
   at::parallel_for(0, M, grain(M, M * nkb * 16), [&](int64_t lo_row, int64_t hi_row) {
     for (int64_t i = lo_row; i < hi_row; i++) {
