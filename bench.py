@@ -5,6 +5,11 @@ clipping, AdamW, re-masking.
 
   python bench.py --device=cpu --model=tiny --sparsity=0.75
   python bench.py --model=gpt3-xl --batch_size=8 --block_size=2048 --compile=True --json=bench.json
+  python bench.py --model=gpt3-xl --batch_size=8 --block_size=2048 --compile=True \
+      --gradient_accumulation_steps=64     # the paper's step: 512 x 2048 tokens
+
+Besides the step time it prints where a sparse step's time goes (forward + backward, gradient masking,
+clipping, AdamW, re-masking): profile before optimizing.
 """
 import json
 import time
@@ -24,6 +29,8 @@ DEFAULTS = dict(
     batch_size=8,
     block_size=0,      # 0 = the preset's context
     sparsity=0.75,     # the sparse run; a dense run is always timed beside it
+    gradient_accumulation_steps=1,  # micro-batches per optimizer step
+    activation_checkpointing=False,  # recompute block activations in backward (less memory)
     steps=10,          # timed steps per run
     warmup=3,          # untimed steps first (compilation, allocator warm-up)
     device="auto",
@@ -43,6 +50,7 @@ def time_runs(cfg, device):
     mcfg = GPTConfig(**asdict(PRESETS[cfg["model"]]))
     mcfg.block_size = cfg["block_size"] or mcfg.block_size
     model = GPT(mcfg).to(device)
+    model.activation_checkpointing = cfg["activation_checkpointing"]
     masks = sp.masks_to(sp.make_masks(model, cfg["sparsity"], seed=cfg["seed"]), device)
     optimizer = configure_optimizer(model, PRETRAIN_DEFAULTS, device)
     step_model = torch.compile(model) if cfg["compile"] else model
@@ -50,37 +58,58 @@ def time_runs(cfg, device):
     x = torch.randint(0, mcfg.vocab_size, (B, T), device=device)
     y = torch.randint(0, mcfg.vocab_size, (B, T), device=device)
 
-    def step(masks):
-        with autocast(device):
-            _, loss = step_model(x, y)
-        loss.backward()
-        sp.mask_grads(model, masks)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        sp.apply_masks(model, masks)
-        optimizer.zero_grad(set_to_none=True)
-
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    accum = cfg["gradient_accumulation_steps"]
+
+    def step(masks, phases=None):
+        """One optimizer step. With `phases`, also adds each phase's seconds to it, synchronizing
+        the device between phases (a little slower, so the timed steps go without)."""
+        def phase(name, fn):
+            if phases is None:
+                return fn()
+            sync()
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            phases[name] = phases.get(name, 0.0) + time.perf_counter() - t0
+
+        def forward_backward():
+            for _ in range(accum):
+                with autocast(device):
+                    _, loss = step_model(x, y)
+                (loss / accum).backward()
+        phase("forward+backward", forward_backward)
+        phase("mask gradients", lambda: sp.mask_grads(model, masks))
+        phase("clip", lambda: torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0))
+        phase("AdamW", optimizer.step)
+        phase("re-mask", lambda: sp.apply_masks(model, masks))
+        phase("zero_grad", lambda: optimizer.zero_grad(set_to_none=True))
+
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats(device)
-    runs = [(0.0, {}, []), (cfg["sparsity"], masks, [])]
+    runs = [(0.0, {}, [], {}), (cfg["sparsity"], masks, [], {})]
     for i in range(cfg["warmup"] + cfg["steps"]):
-        for _, run_masks, times in runs:
+        for _, run_masks, times, _ in runs:
             sync()
             t0 = time.perf_counter()
             step(run_masks)
             sync()
             if i >= cfg["warmup"]:
                 times.append(time.perf_counter() - t0)
+    breakdown_steps = min(3, cfg["steps"])
+    for _ in range(breakdown_steps):  # then where the time goes, a few steps more
+        for _, run_masks, _, phases in runs:
+            step(run_masks, phases)
     assert sp.check_masked(model, masks)  # the last step was a sparse one
     peak = peak_flops(device)
-    dense_flops = 3 * forward_flops(mcfg, T, 0.0, mcfg.vocab_size) * B
+    dense_flops = 3 * forward_flops(mcfg, T, 0.0, mcfg.vocab_size) * B * accum
     mem = torch.cuda.max_memory_allocated(device) / 1e9 if device.startswith("cuda") else None
     results = []
-    for sparsity, _, times in runs:
+    for sparsity, _, times, phases in runs:
         step_s = sorted(times)[len(times) // 2]  # median: robust to a stray slow step
-        results.append(dict(sparsity=sparsity, step_ms=1000 * step_s, tokens_per_s=B * T / step_s,
-                            mfu=dense_flops / step_s / peak if peak else None, peak_memory_gb=mem))
+        results.append(dict(sparsity=sparsity, step_ms=1000 * step_s, tokens_per_s=B * T * accum / step_s,
+                            mfu=dense_flops / step_s / peak if peak else None, peak_memory_gb=mem,
+                            phases_ms={k: 1000 * v / breakdown_steps for k, v in phases.items()}))
     return results
 
 
@@ -88,13 +117,15 @@ def main(argv):
     cfg, _ = parse_config(DEFAULTS, argv)
     check(cfg["model"] in PRESETS, f"unknown model {cfg['model']!r} (choose from {', '.join(PRESETS)})")
     check(0.0 < cfg["sparsity"] < 1.0, "--sparsity must be in (0, 1)")
-    check(cfg["steps"] >= 1 and cfg["warmup"] >= 0 and cfg["batch_size"] >= 1, "--steps and --batch_size must be positive")
+    check(cfg["steps"] >= 1 and cfg["warmup"] >= 0 and cfg["batch_size"] >= 1 and cfg["gradient_accumulation_steps"] >= 1,
+          "--steps, --batch_size and --gradient_accumulation_steps must be positive")
     device = pick_device(cfg["device"])
     if device.startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = True
     name = torch.cuda.get_device_name(device) if device.startswith("cuda") else f"cpu ({torch.get_num_threads()} threads)"
-    print(f"{cfg['model']}, batch {cfg['batch_size']} x {cfg['block_size'] or PRESETS[cfg['model']].block_size}, "
-          f"{name}, compile={cfg['compile']}")
+    print(f"{cfg['model']}, batch {cfg['batch_size']} x {cfg['block_size'] or PRESETS[cfg['model']].block_size}"
+          f" x {cfg['gradient_accumulation_steps']} micro-batches, {name}, compile={cfg['compile']}, "
+          f"activation checkpointing={cfg['activation_checkpointing']}")
     runs = time_runs(cfg, device)
     for r in runs:
         mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "n/a (unknown peak)"
@@ -103,6 +134,10 @@ def main(argv):
               f"MFU {mfu}  peak memory {mem}")
     overhead = runs[1]["step_ms"] / runs[0]["step_ms"]
     print(f"sparse / dense step time: {overhead:.3f}x ({100 * (overhead - 1):+.1f}%)")
+    print("where the time goes (mean ms per step, dense / sparse; phases synchronized, so their sum is "
+          "a little above the step time):")
+    for phase in runs[0]["phases_ms"]:
+        print(f"  {phase:18s} {runs[0]['phases_ms'][phase]:9.2f} {runs[1]['phases_ms'][phase]:9.2f}")
     if cfg["json"]:
         with open(cfg["json"], "w") as f:
             json.dump(dict(config=cfg, device=name, dense=runs[0], sparse=runs[1], sparse_over_dense=overhead), f, indent=1)

@@ -15,6 +15,16 @@ def test_bench_times_dense_and_sparse_in_one_run(tmp_path):
     assert dense["mfu"] is None  # no known peak for a CPU: omitted, not guessed
     saved = json.loads(out.read_text())
     assert saved["sparse_over_dense"] == pytest.approx(sparse["step_ms"] / dense["step_ms"])
+    # the breakdown names every phase of the step; mask upkeep costs something only when sparse
+    assert set(sparse["phases_ms"]) == {"forward+backward", "mask gradients", "clip", "AdamW", "re-mask", "zero_grad"}
+    assert sparse["phases_ms"]["forward+backward"] > sparse["phases_ms"]["mask gradients"] > 0
+
+
+def test_bench_gradient_accumulation_counts_every_micro_batch():
+    four = bench.main(["--device=cpu", "--model=tiny", "--batch_size=2", "--block_size=16", "--steps=1", "--warmup=0",
+                       "--gradient_accumulation_steps=4", "--activation_checkpointing=True"])
+    # tokens/s counts the 4 micro-batches of a step (no timing comparison: that would be a timed test)
+    assert four[0]["tokens_per_s"] == pytest.approx(4 * 2 * 16 / (four[0]["step_ms"] / 1000))
 
 
 def test_bench_rejects_bad_sparsity():
