@@ -20,7 +20,7 @@ import torch
 @dataclass
 class CSR:
     crow: torch.Tensor    # int32 (rows + 1,)
-    col: torch.Tensor     # int32 (nnz,)
+    col: torch.Tensor     # int32 (nnz,); the kernels also take int16 (SparseLinear's narrow copy)
     values: torch.Tensor  # (nnz,)
     shape: tuple          # (rows, cols) = (out_features, in_features)
 
