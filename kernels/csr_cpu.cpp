@@ -173,14 +173,14 @@ static void spmm_tiled(const int* crow, const Index* col, const float* val, cons
   });
 }
 
-// sum over p in [begin, end) of val[p] * x[col[p]]: 8 lanes at a time with the AVX2 gather
-// (twice as fast as scalar loads here), two accumulators to overlap the FMA latency
 #ifdef __AVX2__
 // eight column indices, widened to int32 for the gather
 static inline __m256i load8(const int* col) { return _mm256_loadu_si256((const __m256i*)col); }
 static inline __m256i load8(const int16_t* col) { return _mm256_cvtepi16_epi32(_mm_loadu_si128((const __m128i*)col)); }
 #endif
 
+// sum over p in [begin, end) of val[p] * x[col[p]]: 8 lanes at a time with the AVX2 gather
+// (twice as fast as scalar loads here), two accumulators to overlap the FMA latency
 template <typename Index>
 static float sparse_dot(const Index* col, const float* val, int64_t p, int64_t end, const float* x) {
   float s = 0.f;
