@@ -1,202 +1,300 @@
 """
-SPDF in miniature: the paper's grid from corpus to Table 1, in one command.
+SPDF's question at a scale a laptop runs: does dense fine-tuning of a sparse pre-trained GPT keep the
+benefit of pre-training? One command runs the controlled grid and writes the answer.
 
-For each seed and each pre-training sparsity (0, 0.5, 0.75): pre-train on the same corpus with the
-same token budget and schedule, then dense fine-tune on E2E, WebNLG and DART, plus the sparse
-fine-tuning baseline at the highest sparsity; evaluate with the full metrics. Then write, under
-results/<scale>/: table.md (Table 1 and supplement Tables 4-6 layouts, FLOPs) and PNG plots.
+For each seed: pre-train dense, 50 % and 75 % sparse on the same tokens and schedule; fine-tune each
+densely on E2E (and WebNLG, DART), plus sparse fine-tuning at 75 % and a no-pre-training control (the
+same model fine-tuned from its random initialization). Then write, under results/<scale>/: table.md
+(the paper's Table 1 layout plus the control row, fine-tuning validation loss and the benefit
+retained), summary.json and plots.
 
-  python reproduce.py --scale=tiny         # CPU, ~20 minutes on 2 cores
-  python reproduce.py --scale=mini         # one GPU, ~20 minutes
-  python reproduce.py --scale=tiny --seeds=1,2
+  python reproduce.py --scale=cpu          # 2-core CPU, about 2-3 hours: E2E x 3 seeds, WebNLG/DART x 1
+  python reproduce.py --scale=mini         # one GPU
+  python reproduce.py --scale=cpu --seeds=1,2,3,4 --other_seeds=1,2
 
 Every cell writes its outputs under results/<scale>/runs/ (not committed); a cell whose outputs
 exist is skipped, so an interrupted grid resumes where it stopped.
 """
 import json
 import math
+from dataclasses import asdict
 from pathlib import Path
+
+import torch
 
 import finetune
 import pretrain
-from common import ROOT, check, parse_config, run_cli
+from common import ROOT, check, parse_config, run_cli, save_checkpoint
+from model import GPT, PRESETS, GPTConfig
 
 TASKS = ("e2e", "webnlg", "dart")
-# per scale: pre-training flags, fine-tuning flags (shared by every task and sparsity)
+# per scale: pre-training flags, fine-tuning flags (shared by every task and pre-training)
 SCALES = {
-    "tiny": dict(  # CPU: a tiny GPT on tinyshakespeare, fine-tuned on small subsets
-        pretrain=["--model=tiny", "--dataset=shakespeare", "--max_iters=150", "--batch_size=8",
-                  "--block_size=128", "--learning_rate=1e-3", "--warmup_iters=15", "--eval_interval=50",
-                  "--eval_iters=10"],
-        finetune=["--max_examples=300", "--max_epochs=1", "--eval_examples=20", "--beam_size=2",
-                  "--batch_size=8", "--learning_rate=1e-3", "--warmup_iters=10"],
+    "cpu": dict(  # 2-core CPU: 4-block GPT, 307k Wikipedia tokens each; a fine-tuning budget of
+        # 2,000 examples x 1 epoch, small enough that what pre-training taught still shows
+        pretrain=["--model=cpu", "--dataset=enwiki", "--max_iters=150", "--batch_size=16",
+                  "--block_size=128", "--learning_rate=2e-3", "--warmup_iters=15", "--eval_interval=50",
+                  "--eval_iters=20"],
+        finetune=["--max_examples=2000", "--max_epochs=1", "--val_examples=300", "--eval_examples=100",
+                  "--beam_size=2", "--batch_size=8", "--learning_rate=1e-3", "--warmup_iters=25",
+                  "--decode_batch=25"],
     ),
     "mini": dict(  # one GPU: ~30M parameters, ~0.6B Wikipedia tokens (~20 per parameter)
         pretrain=["--model=mini", "--dataset=enwiki", "--max_iters=4500", "--batch_size=64",
                   "--block_size=256", "--gradient_accumulation_steps=8", "--learning_rate=1e-3",
                   "--warmup_iters=200", "--eval_interval=500", "--eval_iters=50", "--compile=True"],
-        finetune=["--max_examples=8000", "--max_epochs=2", "--eval_examples=200", "--beam_size=5",
-                  "--batch_size=16", "--learning_rate=3e-4", "--warmup_iters=100"],
+        finetune=["--max_examples=8000", "--max_epochs=2", "--val_examples=1000", "--eval_examples=200",
+                  "--beam_size=5", "--batch_size=16", "--learning_rate=3e-4", "--warmup_iters=100"],
     ),
     "smoke": dict(  # for the tests: seconds
         pretrain=["--model=tiny", "--dataset=shakespeare", "--max_iters=2", "--batch_size=2",
                   "--block_size=64", "--eval_interval=2", "--eval_iters=1"],
-        finetune=["--max_examples=8", "--max_epochs=1", "--eval_examples=2", "--beam_size=1",
-                  "--batch_size=4", "--max_new_tokens=8"],
+        finetune=["--max_examples=8", "--max_epochs=1", "--val_examples=8", "--eval_examples=2",
+                  "--beam_size=1", "--batch_size=4", "--max_new_tokens=8"],
     ),
 }
-DEFAULTS = dict(scale="tiny", seeds="1", sparsities="0,0.5,0.75", tasks="e2e,webnlg,dart",
-                sparse_ft=True, device="auto", results="")
+DEFAULTS = dict(scale="cpu", seeds="1,2,3", other_seeds="1", sparsities="0,0.5,0.75", tasks="e2e,webnlg,dart",
+                control=True, sparse_ft=True, device="auto", results="")
 PAPER_TABLE1 = {  # GPT-2 Small, BLEU: E2E, WebNLG, DART
     0.0: (67.49, 63.42, 46.30), 0.5: (67.39, 63.10, 45.74), 0.75: (66.50, 62.64, 44.97)}
+NONE = None  # the control's "pre-training sparsity": no pre-training at all
+
+
+def _ints(text):
+    return [int(s) for s in text.split(",") if s]
 
 
 def cells(cfg):
-    """Every (seed, sparsity, task, sparse_ft) fine-tuning cell of the grid, in run order."""
+    """Every (seed, pre-training sparsity or NONE, task, sparse_ft) fine-tuning cell, in run order:
+    the first task over all seeds first (it carries the seed spread), then the others."""
     sparsities = [float(s) for s in cfg["sparsities"].split(",")]
-    for seed in [int(s) for s in cfg["seeds"].split(",")]:
-        for s in sparsities:
-            for task in cfg["tasks"].split(","):
+    tasks = cfg["tasks"].split(",")
+    for i, task in enumerate(tasks):
+        for seed in _ints(cfg["seeds"] if i == 0 or not cfg["other_seeds"] else cfg["other_seeds"]):
+            if cfg["control"]:
+                yield seed, NONE, task, False
+            for s in sparsities:
                 yield seed, s, task, False
                 if cfg["sparse_ft"] and s == max(sparsities) and s > 0:
                     yield seed, s, task, True
 
 
+def _name(s):
+    return "none" if s is NONE else f"s{s:g}"
+
+
+def pre_dir(root, seed, s):
+    return root / "runs" / f"seed{seed}" / f"pretrain_{_name(s)}"
+
+
+def ft_dir(root, seed, s, task, sparse_ft):
+    return root / "runs" / f"seed{seed}" / f"{task}_{_name(s)}_{'sparse' if sparse_ft else 'dense'}"
+
+
+def _flag(flags, key):
+    return next(a for a in flags if a.startswith(f"--{key}=")).split("=", 1)[1]
+
+
+def write_control(scale, seed, path):
+    """The control: the pre-training model at its random initialization, saved like a checkpoint."""
+    mcfg = GPTConfig(**asdict(PRESETS[_flag(scale["pretrain"], "model")]))
+    mcfg.block_size = int(_flag(scale["pretrain"], "block_size"))
+    torch.manual_seed(seed)
+    model = GPT(mcfg)
+    save_checkpoint(dict(model=model.state_dict(), masks={}, model_config=asdict(mcfg), iter_num=0,
+                         config=dict(sparsity=0.0, seed=seed, init="random, no pre-training"),
+                         pretrain_sparsity=0.0), path / "ckpt.pt")
+
+
 def run_grid(cfg, root):
     scale = SCALES[cfg["scale"]]
     device = [f"--device={cfg['device']}"]
-    done_pretrain = set()
+    max_iters = int(_flag(scale["pretrain"], "max_iters"))
     for seed, s, task, sparse_ft in cells(cfg):
-        pre_dir = root / "runs" / f"seed{seed}" / f"pretrain_s{s:g}"
-        if (seed, s) not in done_pretrain:
-            log = pre_dir / "log.jsonl"
-            if not (log.exists() and "val_loss" in log.read_text().splitlines()[-1]
-                    and json.loads(log.read_text().splitlines()[-1])["iter"] == _max_iters(scale)):
+        pdir = pre_dir(root, seed, s)
+        if s is NONE and not (pdir / "ckpt.pt").exists():
+            write_control(scale, seed, pdir)
+        elif s is not NONE:
+            log = pdir / "log.jsonl"
+            last = json.loads(log.read_text().splitlines()[-1]) if log.exists() and log.read_text().strip() else {}
+            if not ("val_loss" in last and last["iter"] == max_iters):
                 print(f"== pre-train seed {seed}, sparsity {s:g}")
-                if log.exists():  # an interrupted run starts over: its log would mix two runs
-                    log.unlink()
-                pretrain.main([*scale["pretrain"], *device, f"--sparsity={s}", f"--seed={seed}",
-                               f"--out_dir={pre_dir}"])
-            done_pretrain.add((seed, s))
-        ft_dir = root / "runs" / f"seed{seed}" / f"{task}_s{s:g}_{'sparse' if sparse_ft else 'dense'}"
-        if (ft_dir / "metrics.json").exists():
-            print(f"== skip {ft_dir.name} (seed {seed}): done")
+                for stale in (log, pdir / "ckpt.pt"):  # an interrupted run starts over
+                    stale.unlink(missing_ok=True)
+                pretrain.main([*scale["pretrain"], *device, f"--sparsity={s}", f"--seed={seed}", f"--out_dir={pdir}"])
+        fdir = ft_dir(root, seed, s, task, sparse_ft)
+        if (fdir / "metrics.json").exists():
+            print(f"== skip {fdir.name} (seed {seed}): done")
             continue
-        print(f"== fine-tune {task}, seed {seed}, pre-training sparsity {s:g}, {'sparse' if sparse_ft else 'dense'} FT")
-        finetune.main([*scale["finetune"], *device, f"--task={task}", f"--init_from={pre_dir}",
-                       f"--out_dir={ft_dir}", f"--sparse={sparse_ft}", f"--seed={seed}"])
-
-
-def _max_iters(scale):
-    return int(next(a for a in scale["pretrain"] if a.startswith("--max_iters=")).split("=")[1])
+        (fdir / "ckpt.pt").unlink(missing_ok=True)  # a cell interrupted after training starts over
+        print(f"== fine-tune {task}, seed {seed}, pre-training {_name(s)}, {'sparse' if sparse_ft else 'dense'} FT")
+        finetune.main([*scale["finetune"], *device, f"--task={task}", f"--init_from={pdir}",
+                       f"--out_dir={fdir}", f"--sparse={sparse_ft}", f"--seed={seed}"])
 
 
 def collect(cfg, root):
-    """Read every finished cell: pre-training logs and fine-tuning metrics."""
+    """Pre-training logs by (seed, s) and fine-tuning metrics by cell, for every finished cell."""
     pre, ft = {}, {}
     for seed, s, task, sparse_ft in cells(cfg):
-        log = root / "runs" / f"seed{seed}" / f"pretrain_s{s:g}" / "log.jsonl"
-        if log.exists():
-            pre[(seed, s)] = [json.loads(l) for l in log.read_text().splitlines()]
-        path = root / "runs" / f"seed{seed}" / f"{task}_s{s:g}_{'sparse' if sparse_ft else 'dense'}" / "metrics.json"
+        log = pre_dir(root, seed, s) / "log.jsonl"
+        if s is not NONE and log.exists():
+            pre[(seed, s)] = [json.loads(line) for line in log.read_text().splitlines()]
+        path = ft_dir(root, seed, s, task, sparse_ft) / "metrics.json"
         if path.exists():
             ft[(seed, s, task, sparse_ft)] = json.loads(path.read_text())
     return pre, ft
 
 
-def mean_std(values):
-    values = [v for v in values if v is not None]
+def stats(values):
+    """(mean, sample sd or None, n) of the values that are numbers."""
+    values = [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
     if not values:
-        return "–"
+        return None, None, 0
     m = sum(values) / len(values)
-    if len(values) == 1:
-        return f"{m:.2f}"
-    sd = math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
-    return f"{m:.2f} ± {sd:.2f}"
+    sd = math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else None
+    return m, sd, len(values)
 
 
-def write_tables(cfg, root, pre, ft):
-    seeds = [int(s) for s in cfg["seeds"].split(",")]
+def fmt(st, digits=2):
+    m, sd, n = st
+    if m is None:
+        return "–"
+    return f"{m:.{digits}f}" + (f" ± {sd:.{digits}f}" if sd is not None else "")
+
+
+def retained(ft, task, seeds, s, key, higher_better):
+    """Benefit retained per seed: (L_none - L_s) / (L_none - L_dense), with the sign of the metric."""
+    out = []
+    for seed in seeds:
+        cell = lambda p: ft.get((seed, p, task, False), {}).get(key)
+        none, dense, sparse = cell(NONE), cell(0.0), cell(s)
+        if None in (none, dense, sparse) or dense == none:
+            continue
+        sign = 1 if higher_better else -1
+        out.append(sign * (sparse - none) / (sign * (dense - none)))
+    return out
+
+
+def summarize(cfg, pre, ft):
+    """Every number of table.md, as data (summary.json), per task and pre-training."""
     sparsities = [float(s) for s in cfg["sparsities"].split(",")]
-    tasks = cfg["tasks"].split(",")
-    lines = [f"# SPDF in miniature: scale `{cfg['scale']}`, seeds {cfg['seeds']}", "",
-             "## Table 1 layout: BLEU after dense fine-tuning (mean ± sd over seeds)", "",
-             "| pre-train sparsity | val loss after pre-training | " + " | ".join(f"{t} BLEU" for t in tasks) + " |",
-             "|---|---|" + "---|" * len(tasks)]
+    conds = ([NONE] if cfg["control"] else []) + sparsities
+    summary = dict(pretrain={}, finetune={})
     for s in sparsities:
-        val = mean_std([pre[(seed, s)][-1].get("val_loss") for seed in seeds if (seed, s) in pre])
-        bleus = [mean_std([ft[k]["bleu"] for k in ft if k[1] == s and k[2] == t and not k[3]]) for t in tasks]
-        lines.append(f"| {s:.0%} | {val} | " + " | ".join(bleus) + " |")
-    if cfg["sparse_ft"]:
-        s = max(sparsities)
-        bleus = [mean_std([ft[k]["bleu"] for k in ft if k[1] == s and k[2] == t and k[3]]) for t in tasks]
-        lines.append(f"| {s:.0%}, sparse FT | | " + " | ".join(bleus) + " |")
-    lines += ["", "Paper (GPT-2 Small, Table 1): " + "; ".join(
-        f"{s:.0%}: " + " / ".join(f"{b:.2f}" for b in bleus) for s, bleus in PAPER_TABLE1.items())
-        + " (E2E / WebNLG / DART BLEU)."]
-    metric_keys = ("bleu", "nist", "meteor", "rouge_l", "cider", "ter")
-    for t in tasks:  # the layout of supplement Tables 4-6
-        keys = [k for k in metric_keys if any(isinstance(m.get(k), (int, float)) for kk, m in ft.items() if kk[2] == t)]
-        lines += ["", f"## {t}: all metrics", "", "| pre-train sparsity | fine-tuning | " + " | ".join(keys) + " |",
-                  "|---|---|" + "---|" * len(keys)]
-        for s in sparsities:
+        vals = [pre[k][-1].get("val_loss") for k in pre if k[1] == s]
+        summary["pretrain"][_name(s)] = dict(val_loss=stats(vals), tokens=next(
+            (pre[k][-1].get("tokens_seen") for k in pre if k[1] == s), None), flops=next(
+            (pre[k][-1].get("flops_spent") for k in pre if k[1] == s), None))
+    for task in cfg["tasks"].split(","):
+        seeds = sorted({k[0] for k in ft if k[2] == task})
+        rows = {}
+        for s in conds:
             for sparse_ft in (False, True):
-                ms = [m for kk, m in ft.items() if kk[1] == s and kk[2] == t and kk[3] == sparse_ft]
-                if ms:
-                    vals = [mean_std([m.get(k) if isinstance(m.get(k), (int, float)) else None for m in ms]) for k in keys]
-                    lines.append(f"| {s:.0%} | {'sparse' if sparse_ft else 'dense'} | " + " | ".join(vals) + " |")
-    lines += ["", "## FLOPs (SPDF accounting, `flops.py`; per seed)", "",
-              "| pre-train sparsity | pre-training | " + " | ".join(f"{t} fine-tuning" for t in tasks)
-              + " | total (with " + tasks[0] + ") | reduction vs dense |", "|---|---|" + "---|" * (len(tasks) + 2)]
-    seed = seeds[0]
-    dense_total = None
+                ms = [ft[(seed, s, task, sparse_ft)] for seed in seeds if (seed, s, task, sparse_ft) in ft]
+                if not ms:
+                    continue
+                row = {k: stats([m.get(k) for m in ms]) for k in
+                       ("best_val_loss", "bleu", "bleu_seen", "bleu_unseen", "nist", "meteor", "rouge_l", "cider", "ter")}
+                row["seeds"] = [seed for seed in seeds if (seed, s, task, sparse_ft) in ft]
+                row["flops_finetune"] = stats([m.get("flops") for m in ms])
+                if s is not NONE and not sparse_ft and cfg["control"] and 0.0 in sparsities:
+                    row["retained_val_loss"] = stats(retained(ft, task, seeds, s, "best_val_loss", False))
+                    row["retained_bleu"] = stats(retained(ft, task, seeds, s, "bleu", True))
+                rows[f"{_name(s)}_{'sparse' if sparse_ft else 'dense'}"] = row
+        benefit = [ft[(seed, NONE, task, False)]["best_val_loss"] - ft[(seed, 0.0, task, False)]["best_val_loss"]
+                   for seed in seeds if (seed, NONE, task, False) in ft and (seed, 0.0, task, False) in ft]
+        summary["finetune"][task] = dict(rows=rows, seeds=seeds, benefit_val_loss=stats(benefit))
+    return summary
+
+
+def _flatten_seen(ft):
+    for m in ft.values():  # WebNLG's seen/unseen BLEU, flat, for the table
+        for part in ("seen", "unseen"):
+            if isinstance(m.get(part), dict):
+                m[f"bleu_{part}"] = m[part].get("bleu")
+
+
+def write_tables(cfg, root, summary):
+    sparsities = [float(s) for s in cfg["sparsities"].split(",")]
+    conds = ([NONE] if cfg["control"] else []) + sparsities
+    label = lambda s: "no pre-training (control)" if s is NONE else f"{s:.0%} sparse"
+    lines = [f"# SPDF, controlled: scale `{cfg['scale']}`", "",
+             f"Seeds: {cfg['seeds']} for {cfg['tasks'].split(',')[0]}, {cfg['other_seeds'] or cfg['seeds']} for the "
+             "other tasks. Mean ± sample sd over seeds. Fine-tuning validation loss: mean NLL per completion "
+             "token on a fixed validation subset (no label smoothing), best epoch. Benefit retained = "
+             "(L_none − L_s) / (L_none − L_dense), per seed; 1 = all of dense pre-training's benefit.", "",
+             "## Pre-training (reading a: dense < 50 % < 75 %)", "",
+             "| pre-training | validation loss | tokens | training FLOPs |", "|---|---|---|---|"]
     for s in sparsities:
-        pre_flops = pre[(seed, s)][-1]["flops_spent"] if (seed, s) in pre else None
-        ft_flops = [ft.get((seed, s, t, False), {}).get("flops") for t in tasks]
-        total = pre_flops + ft_flops[0] if pre_flops and ft_flops[0] else None
-        if s == 0 and total:
-            dense_total = total
-        red = f"{dense_total / total:.2f}x" if dense_total and total else "–"
-        fmt = lambda v: f"{v:.3g}" if v else "–"
-        lines.append(f"| {s:.0%} | {fmt(pre_flops)} | " + " | ".join(fmt(v) for v in ft_flops)
-                     + f" | {fmt(total)} | {red} |")
+        p = summary["pretrain"][_name(s)]
+        tokens, flops = (f"{p['tokens']:,}", f"{p['flops']:.3g}") if p["flops"] else ("–", "–")
+        lines.append(f"| {label(s)} | {fmt(p['val_loss'], 3)} | {tokens} | {flops} |")
+    for task, t in summary["finetune"].items():
+        extra = ["bleu_seen", "bleu_unseen"] if task == "webnlg" else []
+        metric_keys = {"e2e": ["nist", "meteor", "rouge_l", "cider"]}.get(task, ["meteor", "ter"])
+        m = t["benefit_val_loss"]
+        lines += ["", f"## {task} (seeds {', '.join(map(str, t['seeds']))})", ""]
+        if m[0] is not None:
+            ratio = f", {m[0] / m[1]:.1f}× its seed sd" if m[1] else ""
+            lines += [f"Benefit of dense pre-training on fine-tuning validation loss: {fmt(m, 3)} nats{ratio}.", ""]
+        head = ["FT val loss", "BLEU", *extra, *metric_keys, "retained (val loss)", "retained (BLEU)", "FT FLOPs",
+                "total FLOPs"]
+        lines += ["| pre-training | fine-tuning | " + " | ".join(head) + " |", "|---|---|" + "---|" * len(head)]
+        for s in conds:
+            for sparse_ft in (False, True):
+                row = t["rows"].get(f"{_name(s)}_{'sparse' if sparse_ft else 'dense'}")
+                if not row:
+                    continue
+                cols = [fmt(row["best_val_loss"], 3), fmt(row["bleu"]), *[fmt(row[k]) for k in extra],
+                        *[fmt(row[k], 3 if k in ("meteor", "rouge_l", "ter", "cider") else 2) for k in metric_keys],
+                        fmt(row.get("retained_val_loss", (None,) * 3)), fmt(row.get("retained_bleu", (None,) * 3)),
+                        f"{row['flops_finetune'][0]:.3g}" if row["flops_finetune"][0] else "–"]
+                pre_flops = 0.0 if s is NONE else summary["pretrain"][_name(s)]["flops"]
+                total = pre_flops + row["flops_finetune"][0] if pre_flops is not None and row["flops_finetune"][0] else None
+                cols.append(f"{total:.3g}" if total else "–")
+                lines.append(f"| {label(s)} | {'sparse' if sparse_ft else 'dense'} | " + " | ".join(cols) + " |")
+    lines += ["", "Paper (GPT-2 Small, Table 1, BLEU E2E / WebNLG / DART): " + "; ".join(
+        f"{s:.0%}: " + " / ".join(f"{b:.2f}" for b in bleus) for s, bleus in PAPER_TABLE1.items()) + "."]
     (root / "table.md").write_text("\n".join(lines) + "\n")
 
 
-def write_plots(cfg, root, pre, ft):
+def write_plots(cfg, root, pre, summary):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    seeds = [int(s) for s in cfg["seeds"].split(",")]
     sparsities = [float(s) for s in cfg["sparsities"].split(",")]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for s in sparsities:
-        for seed in seeds:
-            recs = [r for r in pre.get((seed, s), []) if "val_loss" in r]
-            if recs:
-                label = f"{s:.0%} sparse" + (f", seed {seed}" if len(seeds) > 1 else "")
-                axes[0].plot([r["tokens_seen"] for r in recs], [r["val_loss"] for r in recs], marker="o", label=label)
-                axes[1].plot([r["flops_spent"] for r in recs], [r["val_loss"] for r in recs], marker="o", label=label)
+    for i, s in enumerate(sparsities):
+        for j, seed in enumerate(sorted({k[0] for k in pre if k[1] == s})):
+            recs = [r for r in pre[(seed, s)] if "val_loss" in r]
+            kw = dict(color=f"C{i}", marker="o", alpha=0.8, label=f"{s:.0%} sparse" if j == 0 else None)
+            axes[0].plot([r["tokens_seen"] for r in recs], [r["val_loss"] for r in recs], **kw)
+            axes[1].plot([r["flops_spent"] for r in recs], [r["val_loss"] for r in recs], **kw)
     for ax, xlabel in zip(axes, ("tokens", "training FLOPs (SPDF accounting)")):
         ax.set_xlabel(xlabel), ax.set_ylabel("validation loss"), ax.grid(alpha=0.3), ax.legend()
-    fig.suptitle(f"Pre-training, scale {cfg['scale']}")
+    fig.suptitle(f"Pre-training, scale {cfg['scale']} (one line per seed)")
     fig.tight_layout()
     fig.savefig(root / "pretrain_loss.png", dpi=110)
     plt.close(fig)
-    tasks = cfg["tasks"].split(",")
-    fig, axes = plt.subplots(1, len(tasks), figsize=(4 * len(tasks), 3.6), squeeze=False)
-    for ax, t in zip(axes[0], tasks):
-        for sparse_ft, style in ((False, "o-"), (True, "s--")):
-            xs, ys = [], []
-            for s in sparsities:
-                vals = [ft[k]["bleu"] for k in ft if k[1] == s and k[2] == t and k[3] == sparse_ft]
-                if vals:
-                    xs.append(100 * s), ys.append(sum(vals) / len(vals))
-            if xs:
-                ax.plot(xs, ys, style, label="sparse FT" if sparse_ft else "dense FT")
-        ax.set_title(t), ax.set_xlabel("pre-training sparsity (%)"), ax.set_ylabel("BLEU"), ax.grid(alpha=0.3), ax.legend()
+    tasks = list(summary["finetune"])
+    fig, axes = plt.subplots(2, len(tasks), figsize=(4 * len(tasks), 6.4), squeeze=False)
+    for col, task in enumerate(tasks):
+        rows = summary["finetune"][task]["rows"]
+        for r, (key, ylabel) in enumerate((("best_val_loss", "FT validation loss"), ("bleu", "BLEU"))):
+            ax = axes[r][col]
+            for sparse_ft, style in ((False, "o-"), (True, "s")):
+                pts = [(100 * s, rows[k][key]) for s in sparsities
+                       if (k := f"{_name(s)}_{'sparse' if sparse_ft else 'dense'}") in rows and rows[k][key][0] is not None]
+                if pts:
+                    ax.errorbar([p[0] for p in pts], [p[1][0] for p in pts], yerr=[p[1][1] or 0 for p in pts],
+                                fmt=style, capsize=3, label="sparse FT" if sparse_ft else "dense FT")
+            control = rows.get("none_dense", {}).get(key)
+            if control and control[0] is not None:
+                ax.axhline(control[0], color="gray", ls="--", label="no pre-training")
+            ax.set_title(task), ax.set_xlabel("pre-training sparsity (%)"), ax.set_ylabel(ylabel)
+            ax.grid(alpha=0.3), ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(root / "bleu_vs_sparsity.png", dpi=110)
+    fig.savefig(root / "finetune_vs_sparsity.png", dpi=110)
     plt.close(fig)
 
 
@@ -204,18 +302,23 @@ def main(argv):
     cfg, _ = parse_config(DEFAULTS, argv)
     check(cfg["scale"] in SCALES, f"unknown scale {cfg['scale']!r} (choose from {', '.join(SCALES)})")
     try:
-        [int(s) for s in cfg["seeds"].split(",")], [float(s) for s in cfg["sparsities"].split(",")]
+        _ints(cfg["seeds"]), _ints(cfg["other_seeds"]), [float(s) for s in cfg["sparsities"].split(",")]
     except ValueError:
-        check(False, "--seeds and --sparsities are comma-separated numbers, e.g. --seeds=1,2")
+        check(False, "--seeds, --other_seeds and --sparsities are comma-separated numbers, e.g. --seeds=1,2")
+    check(bool(_ints(cfg["seeds"])), "--seeds must name at least one seed")
     check(all(0 <= float(s) < 1 for s in cfg["sparsities"].split(",")), "--sparsities must be in [0, 1)")
     check(all(t in TASKS for t in cfg["tasks"].split(",")), f"--tasks must be among {', '.join(TASKS)}")
     root = Path(cfg["results"] or ROOT / "results" / cfg["scale"])
     root.mkdir(parents=True, exist_ok=True)
     run_grid(cfg, root)
     pre, ft = collect(cfg, root)
-    write_tables(cfg, root, pre, ft)
-    write_plots(cfg, root, pre, ft)
-    print(f"wrote {root}/table.md, pretrain_loss.png, bleu_vs_sparsity.png")
+    _flatten_seen(ft)
+    summary = summarize(cfg, pre, ft)
+    (root / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    write_tables(cfg, root, summary)
+    write_plots(cfg, root, pre, summary)
+    print((root / "table.md").read_text())
+    print(f"wrote {root}/table.md, summary.json, pretrain_loss.png, finetune_vs_sparsity.png")
     return root
 
 

@@ -1,36 +1,72 @@
+import json
+
 import pytest
 
 import reproduce
 from common import UsageError
 
-ONE_CELL = ["--scale=smoke", "--tasks=e2e", "--sparsities=0.75", "--sparse_ft=False", "--device=cpu"]
+ONE_SEED = ["--scale=smoke", "--tasks=e2e", "--sparsities=0,0.75", "--seeds=1", "--device=cpu"]
 
 
-def test_one_cell_runs_writes_tables_and_plots_and_resumes_without_redoing(tmp_path, capsys):
-    root = reproduce.main([*ONE_CELL, f"--results={tmp_path}"])
-    metrics = tmp_path / "runs" / "seed1" / "e2e_s0.75_dense" / "metrics.json"
-    assert metrics.exists()
+def test_grid_with_control_writes_tables_plots_benefit_retained_and_resumes_without_redoing(tmp_path, capsys):
+    root = reproduce.main([*ONE_SEED, f"--results={tmp_path}"])
+    runs = tmp_path / "runs" / "seed1"
+    for cell in ("e2e_none_dense", "e2e_s0_dense", "e2e_s0.75_dense", "e2e_s0.75_sparse"):
+        assert (runs / cell / "metrics.json").exists(), cell
     table = (tmp_path / "table.md").read_text()
-    assert "| 75% |" in table and "e2e BLEU" in table and "## FLOPs" in table
+    assert "no pre-training (control)" in table and "retained (val loss)" in table and "75% sparse" in table
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    rows = summary["finetune"]["e2e"]["rows"]
+    # benefit retained is computed from the cells' own validation losses
+    loss = lambda cell: json.loads((runs / cell / "metrics.json").read_text())["best_val_loss"]
+    expect = (loss("e2e_none_dense") - loss("e2e_s0.75_dense")) / (loss("e2e_none_dense") - loss("e2e_s0_dense"))
+    assert rows["s0.75_dense"]["retained_val_loss"][0] == pytest.approx(expect)
+    assert rows["s0_dense"]["retained_val_loss"][0] == pytest.approx(1.0)
+    assert "retained_val_loss" not in rows["none_dense"] and "retained_val_loss" not in rows["s0.75_sparse"]
     assert (tmp_path / "pretrain_loss.png").read_bytes()[:4] == b"\x89PNG"
-    assert (tmp_path / "bleu_vs_sparsity.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "finetune_vs_sparsity.png").read_bytes()[:4] == b"\x89PNG"
+    metrics = runs / "e2e_s0.75_dense" / "metrics.json"
     stamp = metrics.stat().st_mtime_ns
-    pre_stamp = (tmp_path / "runs" / "seed1" / "pretrain_s0.75" / "ckpt.pt").stat().st_mtime_ns
+    pre_stamp = (runs / "pretrain_s0.75" / "ckpt.pt").stat().st_mtime_ns
     capsys.readouterr()
-    assert reproduce.main([*ONE_CELL, f"--results={tmp_path}"]) == root
+    assert reproduce.main([*ONE_SEED, f"--results={tmp_path}"]) == root
     assert "skip e2e_s0.75_dense" in capsys.readouterr().out
     assert metrics.stat().st_mtime_ns == stamp
-    assert (tmp_path / "runs" / "seed1" / "pretrain_s0.75" / "ckpt.pt").stat().st_mtime_ns == pre_stamp
+    assert (runs / "pretrain_s0.75" / "ckpt.pt").stat().st_mtime_ns == pre_stamp
 
 
-def test_grid_has_dense_cells_for_every_sparsity_and_sparse_ft_at_the_highest():
+def test_control_checkpoint_is_the_untrained_model_of_the_pretraining_shape(tmp_path):
+    scale = reproduce.SCALES["smoke"]
+    reproduce.write_control(scale, 3, tmp_path)
+    import torch
+    ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    assert ckpt["model_config"]["block_size"] == 64 and ckpt["iter_num"] == 0 and ckpt["pretrain_sparsity"] == 0.0
+    reproduce.write_control(scale, 4, tmp_path / "other")
+    other = torch.load(tmp_path / "other" / "ckpt.pt", weights_only=True)
+    assert not torch.equal(ckpt["model"]["lm_head.weight"], other["model"]["lm_head.weight"])  # seeded
+
+
+def test_retained_is_one_for_dense_zero_for_no_benefit_and_signed_by_metric_direction():
+    ft = {(1, None, "e2e", False): dict(best_val_loss=4.0, bleu=10.0),
+          (1, 0.0, "e2e", False): dict(best_val_loss=3.0, bleu=30.0),
+          (1, 0.75, "e2e", False): dict(best_val_loss=3.5, bleu=10.0)}
+    assert reproduce.retained(ft, "e2e", [1], 0.0, "best_val_loss", False) == [1.0]
+    assert reproduce.retained(ft, "e2e", [1], 0.75, "best_val_loss", False) == [0.5]
+    assert reproduce.retained(ft, "e2e", [1], 0.75, "bleu", True) == [0.0]
+
+
+def test_grid_has_control_dense_cells_for_every_sparsity_and_sparse_ft_at_the_highest():
     cfg = dict(reproduce.DEFAULTS)
     cells = list(reproduce.cells(cfg))
-    assert len(cells) == 3 * 3 + 3
-    assert {c for c in cells if c[3]} == {(1, 0.75, t, True) for t in ("e2e", "webnlg", "dart")}
+    e2e = [c for c in cells if c[2] == "e2e"]
+    assert len(e2e) == 3 * (1 + 3 + 1)  # 3 seeds x (control, 0/50/75 % dense FT, 75 % sparse FT)
+    assert {c for c in e2e if c[1] is None} == {(s, None, "e2e", False) for s in (1, 2, 3)}
+    assert {c for c in cells if c[3]} == {(s, 0.75, "e2e", True) for s in (1, 2, 3)} | {
+        (1, 0.75, t, True) for t in ("webnlg", "dart")}
+    assert cells[:len(e2e)] == e2e  # E2E over every seed runs first
 
 
-@pytest.mark.parametrize("arg", ["--scale=huge", "--sparsities=0,1.0", "--tasks=e2e,nope", "--seeds=a"])
+@pytest.mark.parametrize("arg", ["--scale=huge", "--sparsities=0,1.0", "--tasks=e2e,nope", "--seeds=a", "--seeds="])
 def test_bad_grid_arguments_are_usage_errors(arg, tmp_path):
     with pytest.raises(UsageError):
         reproduce.main([arg, f"--results={tmp_path}"])
