@@ -19,7 +19,7 @@ from pathlib import Path
 
 import finetune
 import pretrain
-from common import ROOT, check, parse_config, run_cli
+from common import ROOT, check, check_writable_dir, parse_config, run_cli
 
 TASKS = ("e2e", "webnlg", "dart")
 # per scale: pre-training flags, fine-tuning flags (shared by every task and sparsity)
@@ -73,10 +73,9 @@ def run_grid(cfg, root):
             if not (log.exists() and "val_loss" in log.read_text().splitlines()[-1]
                     and json.loads(log.read_text().splitlines()[-1])["iter"] == _max_iters(scale)):
                 print(f"== pre-train seed {seed}, sparsity {s:g}")
-                if log.exists():  # an interrupted run starts over: its log would mix two runs
-                    log.unlink()
+                resume = ["--init_from=resume"] if (pre_dir / "ckpt.pt").exists() else []  # an interrupted run
                 pretrain.main([*scale["pretrain"], *device, f"--sparsity={s}", f"--seed={seed}",
-                               f"--out_dir={pre_dir}"])
+                               f"--out_dir={pre_dir}", *resume])
             done_pretrain.add((seed, s))
         ft_dir = root / "runs" / f"seed{seed}" / f"{task}_s{s:g}_{'sparse' if sparse_ft else 'dense'}"
         if (ft_dir / "metrics.json").exists():
@@ -201,7 +200,7 @@ def write_plots(cfg, root, pre, ft):
 
 
 def main(argv):
-    cfg, _ = parse_config(DEFAULTS, argv)
+    cfg, overrides = parse_config(DEFAULTS, argv)
     check(cfg["scale"] in SCALES, f"unknown scale {cfg['scale']!r} (choose from {', '.join(SCALES)})")
     try:
         [int(s) for s in cfg["seeds"].split(",")], [float(s) for s in cfg["sparsities"].split(",")]
@@ -209,6 +208,8 @@ def main(argv):
         check(False, "--seeds and --sparsities are comma-separated numbers, e.g. --seeds=1,2")
     check(all(0 <= float(s) < 1 for s in cfg["sparsities"].split(",")), "--sparsities must be in [0, 1)")
     check(all(t in TASKS for t in cfg["tasks"].split(",")), f"--tasks must be among {', '.join(TASKS)}")
+    check_writable_dir(cfg["results"] or ROOT / "results" / cfg["scale"], "--results")
+    check("results" not in overrides or cfg["results"], "--results is empty")
     root = Path(cfg["results"] or ROOT / "results" / cfg["scale"])
     root.mkdir(parents=True, exist_ok=True)
     run_grid(cfg, root)
