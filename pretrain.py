@@ -381,8 +381,8 @@ def main(argv):
             loss_sum += loss.item() / accum
         sp.mask_grads(raw_model, step_masks)
         grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg["grad_clip"] if cfg["grad_clip"] > 0 else float("inf"))
+        check_finite(grad_norm, "the gradient norm", iter_num + 1)  # first: the same on every rank
         check_finite(loss_sum, "the training loss", iter_num + 1)
-        check_finite(grad_norm, "the gradient norm", iter_num + 1)
         optimizer.step()
         sp.apply_masks(raw_model, step_masks)  # AdamW's decoupled decay touches every entry
         optimizer.zero_grad(set_to_none=True)
