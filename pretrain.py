@@ -323,8 +323,8 @@ def main(argv):
             summary, lines = sp.report(raw_model, masks)
             print(lines[-1])
     log_path = os.path.join(cfg["out_dir"], "log.jsonl")
-    if master and ckpt is not None:
-        trim_log(log_path, iter_num)  # records past the checkpoint came from the interrupted run
+    if master:  # records past the checkpoint (none for a new run) came from an interrupted or failed run
+        trim_log(log_path, iter_num)
 
     def log(record):
         if master:

@@ -218,6 +218,7 @@ def test_log_after_kill_and_resume_holds_each_iteration_once(tmp_path, shakespea
         if len(saves) == 2:
             raise Killed
     monkeypatch.setattr(pretrain, "save_checkpoint", save_then_die)
+    (tmp_path / "log.jsonl").write_text(json.dumps(dict(iter=1, loss=99.0)) + "\n")  # a failed run, no checkpoint
     with pytest.raises(Killed):
         run_pretrain(tmp_path, shakespeare_dir, *common)
     monkeypatch.undo()
