@@ -18,7 +18,7 @@ from dataclasses import asdict
 import torch
 
 import sparsity as sp
-from common import autocast, check, parse_config, peak_flops, pick_device, run_cli
+from common import autocast, check, check_output_file, parse_config, peak_flops, pick_device, run_cli
 from flops import forward_flops
 from model import GPT, PRESETS, GPTConfig
 from pretrain import DEFAULTS as PRETRAIN_DEFAULTS
@@ -119,6 +119,9 @@ def main(argv):
     check(0.0 < cfg["sparsity"] < 1.0, "--sparsity must be in (0, 1)")
     check(cfg["steps"] >= 1 and cfg["warmup"] >= 0 and cfg["batch_size"] >= 1 and cfg["gradient_accumulation_steps"] >= 1,
           "--steps, --batch_size and --gradient_accumulation_steps must be positive")
+    check(cfg["block_size"] >= 0, f"--block_size must be non-negative (0 = the preset's), got {cfg['block_size']}")
+    if cfg["json"]:
+        check_output_file(cfg["json"])
     device = pick_device(cfg["device"])
     if device.startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = True

@@ -4,7 +4,10 @@ errors, device choice, the tokenizer, the local data mirror, checkpoint I/O, LR 
 the MFU peak table.
 """
 import ast
+import json
+import math
 import os
+import pickle
 import sys
 from contextlib import nullcontext
 from pathlib import Path
@@ -16,15 +19,22 @@ ROOT = Path(__file__).resolve().parent
 
 class UsageError(Exception):
     """Bad input from the user: reported as one line, never as a traceback."""
+    exit_code = 2
 
 
-def run_cli(main):
-    """Run main(sys.argv[1:]); a UsageError becomes 'error: ...' on stderr and exit code 2."""
+class TrainingDiverged(UsageError):
+    """A non-finite loss or gradient norm: the run stops before it can save bad weights (exit code 3)."""
+    exit_code = 3
+
+
+def run_cli(main, argv=None):
+    """Run main(argv or sys.argv[1:]); a UsageError becomes one 'error: ...' line on stderr and exit
+    code 2 (3 for a diverged run). The tests call it with argv to run a script in-process."""
     try:
-        main(sys.argv[1:])
+        main(sys.argv[1:] if argv is None else list(argv))
     except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        print("error: " + " ".join(str(e).split()), file=sys.stderr)
+        sys.exit(e.exit_code)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
@@ -47,6 +57,8 @@ def _coerce(key, raw, default):
             raise UsageError(f"--{key} must be True or False, got {raw!r}")
         return value
     if default is None:  # optional keys take whatever literal was given
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UsageError(f"--{key} must be a finite number, got {raw!r}")
         return value
     if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
@@ -54,6 +66,8 @@ def _coerce(key, raw, default):
         value = raw
     if type(value) is not type(default):
         raise UsageError(f"--{key} must be {type(default).__name__}, got {raw!r}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise UsageError(f"--{key} must be a finite number, got {raw!r}")
     return value
 
 
@@ -70,7 +84,12 @@ def parse_config(defaults, argv):
             if not path.is_file():
                 raise UsageError(f"config file not found: {arg}")
             scope = {}
-            exec(path.read_text(), {}, scope)
+            try:
+                exec(compile(path.read_text(encoding="utf-8"), str(path), "exec"), {}, scope)
+            except SyntaxError as e:
+                raise UsageError(f"config file {arg}, line {e.lineno}: syntax error ({e.msg})") from e
+            except Exception as e:  # a config file is plain assignments; anything else is the user's error
+                raise UsageError(f"config file {arg} failed: {type(e).__name__}: {e}") from e
             for key, value in scope.items():
                 if key.startswith("_"):
                     continue
@@ -186,23 +205,169 @@ def save_checkpoint(obj, path):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # no half-written leftovers; the previous checkpoint is untouched
+        raise
 
 
 def load_checkpoint(path):
-    """Load `path`, or `path/ckpt.pt` when given an out_dir. Errors are one line."""
+    """Load `path`, or `path/ckpt.pt` when given an out_dir. Tensors and plain values only
+    (weights_only=True): a checkpoint that would run code is refused. Errors are one line."""
     path = Path(path)
     if path.is_dir():
         path = path / "ckpt.pt"
     check(path.is_file(), f"checkpoint not found: {path}")
+    import zipfile
+    check(zipfile.is_zipfile(path), f"cannot read checkpoint {path}: not a file written by torch.save")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise UsageError(f"refusing to load {path}: it holds objects other than tensors and plain values, "
+                         "which could run code (only weights_only=True checkpoints are read)") from e
     except Exception as e:
         raise UsageError(f"cannot read checkpoint {path}: {type(e).__name__}") from e
     check(isinstance(ckpt, dict) and "model" in ckpt and "model_config" in ckpt,
           f"{path} is not an spdf checkpoint (no 'model'/'model_config')")
     return ckpt
+
+
+def load_weights(model, state, path):
+    """model.load_state_dict(state), a mismatch reported as one line naming the checkpoint."""
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, KeyError, TypeError, AttributeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UsageError(f"{path}: weights do not match the model ({first[:200]})") from e
+
+
+def check_pretrain_checkpoint(ckpt, path):
+    """A checkpoint that --init_from=resume can continue: written by pretrain.py, not finetune.py."""
+    missing = [k for k in ("optimizer", "config", "iter_num", "tokens_seen", "flops_spent", "rng", "masks")
+               if k not in ckpt]
+    check(not missing and isinstance(ckpt["config"], dict) and "model" in ckpt["config"]
+          and "finetune" not in ckpt,
+          f"{path} is not a pre-training checkpoint (a fine-tuned one?): it cannot be resumed by pretrain.py")
+
+
+# -----------------------------------------------------------------------------
+# guards: training that diverges, output paths checked before work starts, run folders and logs
+
+
+def check_finite(value, what, it):
+    """Stop the run (TrainingDiverged, exit code 3) when `value` is NaN or infinite."""
+    if hasattr(value, "full_tensor"):  # FSDP: a DTensor gradient norm
+        value = value.full_tensor()
+    value = float(value)
+    if not math.isfinite(value):
+        raise TrainingDiverged(f"{what} is {value} at iteration {it}: training diverged (try a lower "
+                               "--learning_rate); the last checkpoint was left as it was")
+
+
+def _nearest_existing(path):
+    path = Path(os.path.abspath(path))
+    while not path.exists():
+        path = path.parent
+    return path
+
+
+def check_writable_dir(path, flag="--out_dir"):
+    """`path` is, or can be created as, a folder this process may write into. Creates nothing."""
+    check(str(path).strip() != "", f"{flag} is empty")
+    path = Path(path)
+    check(not path.exists() or path.is_dir(), f"{flag} {path} exists and is not a folder")
+    base = _nearest_existing(path)
+    check(base.is_dir(), f"{flag} {path}: {base} is a file, not a folder")
+    check(os.access(base, os.W_OK | os.X_OK), f"{flag} {path}: {base} is not writable")
+
+
+def check_output_file(path, flag="--json"):
+    """`path` can be written as a file (its folder exists or can be created). Creates nothing."""
+    check(str(path).strip() != "", f"{flag} is empty")
+    path = Path(path)
+    check(not path.is_dir(), f"{flag} {path} is a folder, not a file")
+    check(not path.exists() or os.access(path, os.W_OK), f"{flag} {path} is not writable")
+    check_writable_dir(path.parent, flag=f"{flag} {path}: its folder")
+
+
+def check_scratch_out_dir(out_dir):
+    """A new pre-training run never writes over another run's checkpoint."""
+    ckpt = Path(out_dir) / "ckpt.pt"
+    check(not ckpt.exists(), f"{ckpt} exists: continue that run with --init_from=resume, or start over "
+          f"with another --out_dir (or delete {out_dir} first)")
+
+
+def resume_schedule(saved, overrides, iter_num):
+    """How a resumed pre-training run continues: (config changes, message or None, finished).
+    The run's LR schedule is kept: when --max_iters changes (an "extend"), a cosine decay that ran
+    over max_iters stays pinned to the old length (then the LR stays at its floor) and a fractional
+    --densify_at stays at its iteration, unless --lr_decay_iters / --densify_at are given too."""
+    old = saved["max_iters"]
+    new = overrides.get("max_iters", old)
+    check(new >= iter_num, f"--max_iters={new} is below the checkpoint's iteration {iter_num}: a run cannot go back")
+    if new == iter_num:
+        return {}, (f"the run finished at iteration {iter_num} (--max_iters={old}): nothing to do; "
+                    f"pass --max_iters=N with N > {iter_num} to extend it"), True
+    if new == old:
+        return {}, None, False
+    changes = {}
+    if "lr_decay_iters" not in overrides and not saved.get("lr_decay_iters"):
+        changes["lr_decay_iters"] = old
+    densify_at = saved.get("densify_at", 0.0)
+    if "densify_at" not in overrides and 0 < densify_at < 1:
+        changes["densify_at"] = float(max(1, round(densify_at * old)))
+    decay = overrides.get("lr_decay_iters") or changes.get("lr_decay_iters") or saved.get("lr_decay_iters") or new
+    note = (f"{'extending' if new > old else 'shortening'} the run from {old} to {new} iterations; the learning "
+            f"rate keeps its schedule: cosine decay until iteration {decay}"
+            + (", then constant at its floor" if decay < new else "")
+            + ("" if "lr_decay_iters" in overrides else f" (pass --lr_decay_iters={new} to stretch the decay instead)"))
+    if "densify_at" in changes:
+        note += f"; dense from iteration {int(changes['densify_at'])} as before"
+    return changes, note, False
+
+
+def prepare_run_dir(out_dir):
+    """Create out_dir and remove a ckpt.pt.tmp left by a run killed while saving."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stale = out_dir / "ckpt.pt.tmp"
+    if stale.exists():
+        print(f"removing {stale}, left by an interrupted save")
+        stale.unlink()
+
+
+def trim_log(log_path, iter_num):
+    """Cut a log.jsonl back to the records of iterations <= iter_num (the checkpoint's), so a resumed
+    run logs every iteration exactly once. A torn last line (a kill mid-write) goes too."""
+    log_path = Path(log_path)
+    if not log_path.exists():
+        return
+    kept = []
+    for line in log_path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("iter"), int) and record["iter"] <= iter_num:
+            kept.append(line + "\n")
+    tmp = log_path.with_name(log_path.name + ".tmp")
+    tmp.write_text("".join(kept), encoding="utf-8")
+    os.replace(tmp, log_path)
+
+
+# -----------------------------------------------------------------------------
+# token files
+
+
+def read_bin(path):
+    """A token file (uint16) as a read-only memmap; empty or odd-sized files are a one-line error."""
+    import numpy as np
+    size = os.path.getsize(path)
+    check(size > 0, f"{path} is empty")
+    check(size % 2 == 0, f"{path} has an odd size ({size} bytes): not a file of uint16 tokens")
+    return np.memmap(path, dtype=np.uint16, mode="r")
 
 
 # -----------------------------------------------------------------------------

@@ -27,8 +27,9 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import sparsity as sp
-from common import (autocast, check, decay_groups, get_tokenizer, linear_lr, load_checkpoint,
-                    parse_config, pick_device, run_cli, save_checkpoint)
+from common import (autocast, check, check_finite, check_writable_dir, decay_groups, get_tokenizer,
+                    linear_lr, load_checkpoint, parse_config, pick_device, prepare_run_dir, run_cli,
+                    save_checkpoint)
 from data.tasks import (EOT, NLG_TASKS, TASKS, encode_example, encode_prompt, flatten,
                         load_groups)
 from decode import beam_search
@@ -94,6 +95,8 @@ def validate(cfg):
     check(cfg["length_penalty"] == -1 or cfg["length_penalty"] >= 0, "--length_penalty must be >= 0")
     if cfg["task"] in ("curation", "summarization"):
         check(bool(cfg["data"]), f"--task={cfg['task']} needs --data=<file>")
+    else:
+        check(not cfg["data"], f"--task={cfg['task']} reads its own data: --data is only for curation/summarization")
     ls, do, lp = PER_TASK[cfg["task"]]
     cfg["label_smoothing"] = ls if cfg["label_smoothing"] == -1 else cfg["label_smoothing"]
     cfg["dropout"] = do if cfg["dropout"] == -1 else cfg["dropout"]
@@ -234,8 +237,9 @@ def finetune(cfg, model, masks, mcfg, train, val, device, pretrain_sparsity, pro
             loss = s / n.clamp(min=1)
             loss.backward()
             sp.mask_grads(model, masks)
-            if cfg["grad_clip"] > 0:
-                torch.nn.utils.clip_grad_norm_(trainable, cfg["grad_clip"])
+            grad_norm = torch.nn.utils.clip_grad_norm_(trainable, cfg["grad_clip"] if cfg["grad_clip"] > 0 else float("inf"))
+            check_finite(loss.item(), "the training loss", step + 1)
+            check_finite(grad_norm, "the gradient norm", step + 1)
             optimizer.step()
             sp.apply_masks(model, masks)  # AdamW's decoupled decay touches every entry
             optimizer.zero_grad(set_to_none=True)
@@ -251,6 +255,7 @@ def finetune(cfg, model, masks, mcfg, train, val, device, pretrain_sparsity, pro
                           f" at this pace (then validation each epoch and the beam-{cfg['beam_size']} decode)")
         bar.close()
         val_loss = evaluate_loss(model, val, cfg["batch_size"], device, prompt)
+        check_finite(val_loss, "the validation loss", step)
         history.append(dict(epoch=epoch + 1, step=step, val_loss=val_loss, flops=flops))
         print(f"epoch {epoch + 1}: val loss {val_loss:.4f} (ppl {math.exp(min(val_loss, 50)):.2f})")
         if val_loss < best_val:
@@ -299,6 +304,7 @@ def main(argv):
                    else (cfg["init_from"] if os.path.isdir(cfg["init_from"]) else os.path.dirname(cfg["init_from"])))
     check(cfg["eval_only"] or not (out_dir / "ckpt.pt").exists(),
           f"{out_dir / 'ckpt.pt'} exists: choose another --out_dir (saved work is never overwritten)")
+    check_writable_dir(out_dir)
     model, masks, pretrain_sparsity, mcfg, ckpt = load_model(cfg, device)
     prompt = setup_soft_prompt(cfg, model, ckpt)
     n_prompt = 0 if prompt is None else prompt.size(0)
@@ -329,6 +335,7 @@ def main(argv):
         train = [encode_example(enc, e["context"], e["completion"], block) for e in train]
         val = [encode_example(enc, e["context"], e["completion"], block) for e in val]
         print(f"{len(train):,} training and {len(val):,} validation examples")
+        prepare_run_dir(out_dir)
         best_state, best_prompt, log = finetune(cfg, model, masks, mcfg, train, val, device, pretrain_sparsity,
                                                 prompt)
         model.load_state_dict(best_state)

@@ -9,10 +9,10 @@ trained with exactly the dense schedule. --sparsity=0 is the dense baseline.
                                                                recompute block activations in backward
 
 Related systems, as options (their logic lives in their own modules):
-  --init_from=out/ckpt.pt --mask_method=sparsegpt --sparsity=0.5   SparseGPT one-shot prune, then sparse
-                                                                   continued pre-training (sparsegpt.py)
+  --init_from=out/ckpt.pt --out_dir=out-sgpt --mask_method=sparsegpt --sparsity=0.5   SparseGPT one-shot
+                                          prune, then sparse continued pre-training (sparsegpt.py)
   --sparsity=0.9 --densify_at=0.87    Variable SPDF: sparse, then dense from 87% of max_iters on
-  --init_from=out/ckpt.pt --omit_rate=0.5    SAT-style neuron omission, ladder down to dense (omission.py)
+  --init_from=out/ckpt.pt --out_dir=out-sat --omit_rate=0.5    SAT-style neuron omission, ladder down to dense (omission.py)
 
 Arguments: config files (Python assignments) and --key=value overrides of DEFAULTS below.
 """
@@ -34,8 +34,10 @@ from tqdm import tqdm
 import omission
 import sparsegpt
 import sparsity as sp
-from common import (autocast, check, cosine_lr, decay_groups, load_checkpoint, parse_config,
-                    peak_flops, pick_device, run_cli, save_checkpoint)
+from common import (autocast, check, check_finite, check_pretrain_checkpoint, check_scratch_out_dir,
+                    check_writable_dir, cosine_lr, decay_groups, load_checkpoint, load_weights, parse_config,
+                    peak_flops, pick_device, prepare_run_dir, resume_schedule, run_cli, save_checkpoint,
+                    trim_log)
 from data.prepare import DATASETS, ensure_prepared, load_tokens
 from flops import densify_iter, forward_flops, train_flops
 from model import GPT, PRESETS, GPTConfig
@@ -173,14 +175,24 @@ def configure_optimizer(model, cfg, device):
 def main(argv):
     cfg, overrides = parse_config(DEFAULTS, argv)
     validate(cfg)
+    check_writable_dir(cfg["out_dir"])
     ckpt = None
+    if cfg["init_from"] != "resume":
+        check_scratch_out_dir(cfg["out_dir"])
     if cfg["init_from"] == "resume":
         ckpt = load_checkpoint(os.path.join(cfg["out_dir"], "ckpt.pt"))
+        check_pretrain_checkpoint(ckpt, os.path.join(cfg["out_dir"], "ckpt.pt"))
         for key in ("model", "sparsity", "block_size", "mask_method"):  # fixed for the run's life
             check(key not in overrides or overrides[key] == ckpt["config"][key],
                   f"--{key} cannot change on resume (checkpoint has {ckpt['config'][key]!r})")
         cfg = {**DEFAULTS, **ckpt["config"], **overrides}
+        changes, note, finished = resume_schedule(ckpt["config"], overrides, ckpt["iter_num"])
+        cfg.update(changes)
         validate(cfg)
+        if note and os.environ.get("RANK", "0") == "0":
+            print(note)
+        if finished:
+            return cfg
 
     device = pick_device(cfg["device"])
     rank, _, world, device = setup_distributed(device)
@@ -207,14 +219,14 @@ def main(argv):
     block_size = mcfg.block_size
     model = GPT(mcfg)
     if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
+        load_weights(model, ckpt["model"], os.path.join(cfg["out_dir"], "ckpt.pt"))
         masks = ckpt["masks"]
     else:
         if cfg["init_from"] != "scratch":  # continue from another run's weights, e.g. a dense one
             source = load_checkpoint(cfg["init_from"])
             check(source["model_config"] == asdict(mcfg) | {"dropout": source["model_config"]["dropout"]},
                   f"{cfg['init_from']} holds a different architecture than --model={cfg['model']}")
-            model.load_state_dict(source["model"])
+            load_weights(model, source["model"], cfg["init_from"])
         if cfg["mask_method"] == "sparsegpt" and cfg["sparsity"] > 0:  # one-shot OBS prune: changes weights
             ensure_prepared(cfg["dataset"], cfg["data_dir"] or None)
             calib = sparsegpt.calibration_batches(load_tokens(cfg["dataset"], "train", cfg["data_dir"] or None),
@@ -304,13 +316,15 @@ def main(argv):
     dense_from = densify_iter(cfg["densify_at"], cfg["max_iters"])  # Variable SPDF's switch, or None
 
     if master:
-        os.makedirs(cfg["out_dir"], exist_ok=True)
+        prepare_run_dir(cfg["out_dir"])
         print(f"{cfg['model']}: {raw_model.num_params():,} parameters, {world} process(es)"
               f"{' (FSDP)' if cfg['fsdp'] else ''} on {device}, {tokens_per_iter:,} tokens per step")
         if masks:
             summary, lines = sp.report(raw_model, masks)
             print(lines[-1])
     log_path = os.path.join(cfg["out_dir"], "log.jsonl")
+    if master:  # records past the checkpoint (none for a new run) came from an interrupted or failed run
+        trim_log(log_path, iter_num)
 
     def log(record):
         if master:
@@ -366,8 +380,9 @@ def main(argv):
             (loss / accum).backward()
             loss_sum += loss.item() / accum
         sp.mask_grads(raw_model, step_masks)
-        if cfg["grad_clip"] > 0:
-            torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg["grad_clip"])
+        grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg["grad_clip"] if cfg["grad_clip"] > 0 else float("inf"))
+        check_finite(grad_norm, "the gradient norm", iter_num + 1)  # first: the same on every rank
+        check_finite(loss_sum, "the training loss", iter_num + 1)
         optimizer.step()
         sp.apply_masks(raw_model, step_masks)  # AdamW's decoupled decay touches every entry
         optimizer.zero_grad(set_to_none=True)
@@ -386,19 +401,22 @@ def main(argv):
             record["omit_rate"] = omitter.rate
         if peak:
             record["mfu"] = dense_flops_per_iter / dt / (peak * world)
-        if iter_num % cfg["eval_interval"] == 0 or iter_num == cfg["max_iters"]:
-            losses = estimate_loss()
-            record.update(train_loss=losses["train"], val_loss=losses["val"])
-            best_val = min(best_val, losses["val"])
-            save()
-            if master:
-                tqdm.write(f"iter {iter_num}: train {losses['train']:.4f}, val {losses['val']:.4f}")
-            t0 = time.time()  # evaluation time is not training time
         if iter_num == cfg["max_iters"] and world > 1:
             prints = [None] * world
             dist.all_gather_object(prints, fingerprint(raw_model, masks))
             record["rank_fingerprints"] = prints
-        log(record)
+        if iter_num % cfg["eval_interval"] == 0 or iter_num == cfg["max_iters"]:
+            losses = estimate_loss()
+            check_finite(losses["val"], "the validation loss", iter_num)
+            record.update(train_loss=losses["train"], val_loss=losses["val"])
+            best_val = min(best_val, losses["val"])
+            log(record)  # before the checkpoint: a saved iteration always has its line
+            save()
+            if master:
+                tqdm.write(f"iter {iter_num}: train {losses['train']:.4f}, val {losses['val']:.4f}")
+            t0 = time.time()  # evaluation time is not training time
+        else:
+            log(record)
         postfix = dict(loss=f"{loss_sum:.3f}", tok_s=f"{record['tokens_per_s']:,.0f}", flops=f"{flops_spent:.3g}")
         if peak:
             postfix["mfu"] = f"{100 * record['mfu']:.1f}%"

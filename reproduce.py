@@ -24,7 +24,7 @@ import torch
 
 import finetune
 import pretrain
-from common import ROOT, check, parse_config, run_cli, save_checkpoint
+from common import ROOT, check, check_writable_dir, parse_config, run_cli, save_checkpoint
 from model import GPT, PRESETS, GPTConfig
 
 TASKS = ("e2e", "webnlg", "dart")
@@ -119,9 +119,9 @@ def run_grid(cfg, root):
             last = json.loads(log.read_text().splitlines()[-1]) if log.exists() and log.read_text().strip() else {}
             if not ("val_loss" in last and last["iter"] == max_iters):
                 print(f"== pre-train seed {seed}, sparsity {s:g}")
-                for stale in (log, pdir / "ckpt.pt"):  # an interrupted run starts over
-                    stale.unlink(missing_ok=True)
-                pretrain.main([*scale["pretrain"], *device, f"--sparsity={s}", f"--seed={seed}", f"--out_dir={pdir}"])
+                resume = ["--init_from=resume"] if (pdir / "ckpt.pt").exists() else []  # an interrupted run
+                pretrain.main([*scale["pretrain"], *device, f"--sparsity={s}", f"--seed={seed}",
+                               f"--out_dir={pdir}", *resume])
         fdir = ft_dir(root, seed, s, task, sparse_ft)
         if (fdir / "metrics.json").exists():
             print(f"== skip {fdir.name} (seed {seed}): done")
@@ -299,7 +299,7 @@ def write_plots(cfg, root, pre, summary):
 
 
 def main(argv):
-    cfg, _ = parse_config(DEFAULTS, argv)
+    cfg, overrides = parse_config(DEFAULTS, argv)
     check(cfg["scale"] in SCALES, f"unknown scale {cfg['scale']!r} (choose from {', '.join(SCALES)})")
     try:
         _ints(cfg["seeds"]), _ints(cfg["other_seeds"]), [float(s) for s in cfg["sparsities"].split(",")]
@@ -308,6 +308,8 @@ def main(argv):
     check(bool(_ints(cfg["seeds"])), "--seeds must name at least one seed")
     check(all(0 <= float(s) < 1 for s in cfg["sparsities"].split(",")), "--sparsities must be in [0, 1)")
     check(all(t in TASKS for t in cfg["tasks"].split(",")), f"--tasks must be among {', '.join(TASKS)}")
+    check_writable_dir(cfg["results"] or ROOT / "results" / cfg["scale"], "--results")
+    check("results" not in overrides or cfg["results"], "--results is empty")
     root = Path(cfg["results"] or ROOT / "results" / cfg["scale"])
     root.mkdir(parents=True, exist_ok=True)
     run_grid(cfg, root)

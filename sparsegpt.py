@@ -184,19 +184,24 @@ COMPARE = dict(ckpt="", sparsity=0.5, prune_n=0, prune_m=0, calib_samples=128, e
 
 def main(argv):
     import copy
-    from common import check, load_checkpoint, parse_config
+    from common import check, load_checkpoint, load_weights, parse_config, pick_device
     from data.prepare import ensure_prepared, load_tokens
     from model import GPT, GPTConfig
     cfg, _ = parse_config(COMPARE, argv)
     check(cfg["ckpt"], "usage: python sparsegpt.py --ckpt=PATH [--sparsity=0.5 --prune_n=2 --prune_m=4 ...]")
     check(0 < cfg["sparsity"] < 1, f"--sparsity must be in (0, 1), got {cfg['sparsity']}")
     check(*validate_pattern(cfg["sparsity"], cfg["prune_n"], cfg["prune_m"]))
+    for key in ("calib_samples", "eval_batches", "batch_size"):
+        check(cfg[key] >= 1, f"--{key} must be at least 1, got {cfg[key]}")
+    cfg["device"] = pick_device(cfg["device"])
     ckpt = load_checkpoint(cfg["ckpt"])
-    dataset = cfg["dataset"] or ckpt["config"]["dataset"]
-    data_dir = cfg["data_dir"] or ckpt["config"].get("data_dir") or None
+    saved = ckpt.get("pretrain_config") or ckpt.get("config") or {}  # a fine-tuned checkpoint: its pre-training's
+    dataset = cfg["dataset"] or saved.get("dataset")
+    check(dataset, f"{cfg['ckpt']} does not name its pre-training dataset: pass --dataset=NAME")
+    data_dir = cfg["data_dir"] or saved.get("data_dir") or None
     ensure_prepared(dataset, data_dir)
     model = GPT(GPTConfig(**ckpt["model_config"]))
-    model.load_state_dict(ckpt["model"])
+    load_weights(model, ckpt["model"], cfg["ckpt"])
     model.to(cfg["device"]).eval()
     T = model.config.block_size
     val = calibration_batches(load_tokens(dataset, "val", data_dir), cfg["eval_batches"] * cfg["batch_size"],

@@ -19,7 +19,7 @@ import json
 
 import torch
 
-from common import check, load_checkpoint, run_cli
+from common import UsageError, check, check_output_file, load_checkpoint, run_cli
 
 MATRICES = {"Q": "attn.q_proj", "K": "attn.k_proj", "V": "attn.v_proj", "O": "attn.c_proj",
             "FC1": "mlp.c_fc", "FC2": "mlp.c_proj"}
@@ -89,7 +89,11 @@ def main(argv):
     parser.add_argument("finetuned")
     parser.add_argument("--png", help="write a heatmap here")
     parser.add_argument("--json", help="write the distances here")
+    parser.error = lambda msg: (_ for _ in ()).throw(UsageError(msg))  # one-line errors via run_cli
     args = parser.parse_args(argv)
+    for flag, path in (("--png", args.png), ("--json", args.json)):
+        if path is not None:
+            check_output_file(path, flag)
     pre, ft = load_checkpoint(args.pretrained), load_checkpoint(args.finetuned)
     dist = distances(pre, ft)
     sparsity = pre.get("config", {}).get("sparsity", 0.0)

@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from common import UsageError, check, fetch, get_tokenizer, mirror_file, run_cli  # noqa: E402
+from common import (UsageError, check, check_writable_dir, fetch, get_tokenizer, mirror_file,  # noqa: E402
+                    read_bin, run_cli)
 
 DATA_DIR = Path(__file__).resolve().parent
 SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
@@ -78,6 +79,7 @@ def jsonl_docs(files, min_chars=1):
                     text = json.loads(line).get("text") or ""
                 except (json.JSONDecodeError, AttributeError):
                     raise UsageError(f"{path}:{n}: not a JSON object with a 'text' field")
+                check(isinstance(text, str), f"{path}:{n}: the 'text' field is not a string")
                 if len(text) >= min_chars:
                     yield None, text
 
@@ -139,6 +141,10 @@ def _tokenize(name, files, val_every, out_dir, suffix, batch_docs=256):
                 flush(split)
         for split in outs:
             flush(split)
+    except UnicodeDecodeError as e:
+        raise UsageError(f"{name}: an input file is not UTF-8 text ({e.reason} at byte {e.start})") from e
+    except (EOFError, lzma.LZMAError) as e:
+        raise UsageError(f"{name}: an input file is truncated or not in its compression format ({e})") from e
     finally:
         for f in outs.values():
             f.close()
@@ -158,18 +164,25 @@ def prepare(name, files=(), val_every=100, out_dir=None, workers=1):
     check(name in DATASETS, f"unknown dataset {name!r} (choose from {', '.join(DATASETS)})")
     for f in files:
         check(Path(f).is_file(), f"{name}: file not found: {f}")
+    check_writable_dir(out_dir or DATA_DIR / name, "--out_dir")
     out_dir = Path(out_dir or DATA_DIR / name)
     out_dir.mkdir(parents=True, exist_ok=True)
-    if workers > 1 and len(files) > 1:
-        from multiprocessing import Pool
-        jobs = [(name, [f], val_every, out_dir, f"_{k:03d}") for k, f in enumerate(files)]
-        with Pool(min(workers, len(jobs))) as pool:
-            per_shard = pool.map(_tokenize_shard, jobs)
-        suffixes = [job[-1] for job in jobs]
-    else:
-        per_shard, suffixes = [_tokenize(name, files, val_every, out_dir, "")], [""]
-    counts = {s: sum(c[s] for c in per_shard) for s in ("train", "val")}
-    check(counts["train"] > 0 and counts["val"] > 0, f"{name}: no documents in the train or val split")
+    suffixes = [f"_{k:03d}" for k in range(len(files))] if workers > 1 and len(files) > 1 else [""]
+    try:
+        if len(suffixes) > 1:
+            from multiprocessing import Pool
+            jobs = [(name, [f], val_every, out_dir, suffix) for f, suffix in zip(files, suffixes)]
+            with Pool(min(workers, len(jobs))) as pool:
+                per_shard = pool.map(_tokenize_shard, jobs)
+        else:
+            per_shard = [_tokenize(name, files, val_every, out_dir, "")]
+        counts = {s: sum(c[s] for c in per_shard) for s in ("train", "val")}
+        check(counts["train"] > 0 and counts["val"] > 0, f"{name}: no documents in the train or val split")
+    except BaseException:  # no *.bin.tmp leftovers; the earlier complete files stay
+        for split in ("train", "val"):
+            for suffix in suffixes:
+                (out_dir / f"{split}{suffix}.bin.tmp").unlink(missing_ok=True)
+        raise
     for split in ("train", "val"):  # only complete files replace earlier ones
         for old in out_dir.glob(f"{split}*.bin"):
             old.unlink()
@@ -187,16 +200,23 @@ def _split_files(name, split, data_dir=None):
 
 
 def ensure_prepared(name, data_dir=None):
+    """Prepare data/<name> on first use. A user-given data_dir is only read, never written: missing
+    token files there are an error that says what is missing."""
     check(name in DATASETS, f"unknown dataset {name!r} (choose from {', '.join(DATASETS)})")
-    if not (_split_files(name, "train", data_dir) and _split_files(name, "val", data_dir)):
-        prepare(name, out_dir=data_dir)
+    if data_dir:
+        check(Path(data_dir).is_dir(), f"--data_dir {data_dir} does not exist (or is not a folder)")
+        missing = [f"{s}.bin" for s in ("train", "val") if not _split_files(name, s, data_dir)]
+        check(not missing, f"--data_dir {data_dir} has no {' or '.join(missing)}; write them with "
+              f"python data/prepare.py {name} --out_dir={data_dir} (data_dir is never written by training)")
+    elif not (_split_files(name, "train") and _split_files(name, "val")):
+        prepare(name)
 
 
 class Shards:
     """Several memory-mapped token files read as one sequence: len() and [i:j] slices."""
 
     def __init__(self, paths):
-        self.maps = [np.memmap(p, dtype=np.uint16, mode="r") for p in paths]
+        self.maps = [read_bin(p) for p in paths]
         self.starts = np.cumsum([0] + [len(m) for m in self.maps])
 
     def __len__(self):
@@ -219,7 +239,7 @@ def load_tokens(name, split, data_dir=None):
     """The split as a read-only uint16 memmap (pages in only what batches touch), shards joined."""
     paths = _split_files(name, split, data_dir)
     check(paths, f"no {split} tokens for {name} in {data_dir or DATA_DIR / name}")
-    return np.memmap(paths[0], dtype=np.uint16, mode="r") if len(paths) == 1 else Shards(paths)
+    return read_bin(paths[0]) if len(paths) == 1 else Shards(paths)
 
 
 def main(argv):
@@ -229,6 +249,7 @@ def main(argv):
     unknown = set(opts) - {"files", "val_every", "out_dir", "workers"}
     check(not unknown and len(opts) == len(argv) - 1, f"unknown option(s): {' '.join(argv[1:])}")
     files = [f for f in opts.get("files", "").split(",") if f]
+    check(opts.get("out_dir", "default") != "", "--out_dir is empty")
     for key, default in (("val_every", "100"), ("workers", "1")):
         check(re.fullmatch(r"[1-9]\d*", opts.get(key, default)) is not None, f"--{key} must be a positive integer")
     prepare(argv[0], files, int(opts.get("val_every", 100)), opts.get("out_dir"), int(opts.get("workers", 1)))

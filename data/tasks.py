@@ -96,25 +96,36 @@ def read_summaries(path):
     (`article` or `article_content`) and a `summary`; empty pairs are dropped (paper: 39,911 left)."""
     path = Path(path)
     check(path.is_file(), f"summarization data not found: {path}")
-    if path.suffix == ".csv":
-        csv.field_size_limit(sys.maxsize)
-        with open(path, encoding="utf-8", newline="") as f:
-            rows = list(csv.DictReader(f))
-    else:
-        rows = []
-        with open(path, encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        rows.append(json.loads(line))
-                    except json.JSONDecodeError:
-                        check(False, f"{path}:{n} is not valid JSON")
+    try:
+        rows = _read_rows(path)
+    except UnicodeDecodeError as e:
+        check(False, f"{path} is not UTF-8 text ({e.reason} at byte {e.start})")
     check(rows, f"{path} holds no records")
     key = "article" if "article" in rows[0] else "article_content"
     check(key in rows[0] and "summary" in rows[0],
           f"{path}: records need 'article' (or 'article_content') and 'summary' fields")
+    for n, r in enumerate(rows, 1):
+        check(all(isinstance(r.get(k), (str, type(None))) for k in (key, "summary")),
+              f"{path}: record {n}: '{key}' and 'summary' must be strings")
     return [dict(context=" ".join(r[key].split()), refs=[" ".join(r["summary"].split())], seen=None)
             for r in rows if r.get(key) and r.get("summary") and r[key].strip() and r["summary"].strip()]
+
+
+def _read_rows(path):
+    if path.suffix == ".csv":
+        csv.field_size_limit(sys.maxsize)
+        with open(path, encoding="utf-8", newline="") as f:
+            return list(csv.DictReader(f))
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError:
+                    check(False, f"{path}:{n} is not valid JSON")
+                check(isinstance(rows[-1], dict), f"{path}:{n} is not a JSON object")
+    return rows
 
 
 def _source(task, split):

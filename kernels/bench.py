@@ -24,7 +24,7 @@ import warnings
 
 import torch
 
-from common import UsageError, run_cli
+from common import UsageError, check, check_output_file, run_cli
 from kernels import csr_matmul, to_csr, to_sparse_model
 
 # (model, layer, out_features, in_features): the MLP matrices, the largest of each model
@@ -134,8 +134,12 @@ def main(argv):
         raise UsageError("every --sparsity must be in [0, 1)")
     if "cuda" in devices and not torch.cuda.is_available():
         raise UsageError("--devices cuda, but CUDA is not available")
-    if args.json and os.path.isdir(args.json):
-        raise UsageError(f"--json {args.json} is a directory")
+    check(all(d in ("cpu", "cuda") for d in devices), f"--devices must be cpu and/or cuda, got {' '.join(devices)}")
+    from model import PRESETS
+    check(args.no_gen or args.gen_model in PRESETS, f"unknown --gen_model {args.gen_model!r} (choose from {', '.join(PRESETS)})")
+    check(args.gen_tokens >= 1, "--gen_tokens must be positive")
+    if args.json is not None:
+        check_output_file(args.json)
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
 

@@ -20,7 +20,7 @@ def sparse_run(tmp_path_factory, shakespeare_dir):
 
 
 def test_checkpoint_holds_exact_masks_on_the_six_matrices_only(sparse_run):
-    ckpt = torch.load(sparse_run / "ckpt.pt", weights_only=False)
+    ckpt = torch.load(sparse_run / "ckpt.pt", weights_only=True)
     masks, weights = ckpt["masks"], ckpt["model"]
     n_layer = ckpt["model_config"]["n_layer"]
     assert set(masks) == {f"transformer.h.{i}.{s}" for i in range(n_layer) for s in SIX}
@@ -54,8 +54,8 @@ def test_resume_after_interruption_is_bit_identical(tmp_path, shakespeare_dir):
     run_pretrain(tmp_path / "full", shakespeare_dir, *common, "--max_iters=12")
     run_pretrain(tmp_path / "cut", shakespeare_dir, *common, "--max_iters=6")  # stopped half way
     run_pretrain(tmp_path / "cut", shakespeare_dir, "--init_from=resume", "--max_iters=12")
-    a = torch.load(tmp_path / "full" / "ckpt.pt", weights_only=False)
-    b = torch.load(tmp_path / "cut" / "ckpt.pt", weights_only=False)
+    a = torch.load(tmp_path / "full" / "ckpt.pt", weights_only=True)
+    b = torch.load(tmp_path / "cut" / "ckpt.pt", weights_only=True)
     assert b["iter_num"] == 12 and b["tokens_seen"] == a["tokens_seen"]
     for name in a["model"]:
         assert torch.equal(a["model"][name], b["model"][name]), name
@@ -72,7 +72,7 @@ def test_two_process_ddp_run_ends_identical_on_both_ranks(ddp_run):
     last = json.loads((ddp_run / "log.jsonl").read_text().splitlines()[-1])
     fingerprints = last["rank_fingerprints"]
     assert len(fingerprints) == 2 and fingerprints[0] == fingerprints[1]
-    ckpt = torch.load(ddp_run / "ckpt.pt", weights_only=False)
+    ckpt = torch.load(ddp_run / "ckpt.pt", weights_only=True)
     assert all(int((~m).sum()) == round(0.75 * m.numel()) for m in ckpt["masks"].values())
 
 

@@ -1,0 +1,258 @@
+"""Bad input and faults, as a new user would meet them: every script answers a bad input with one
+'error: ...' line and exit code 2, before any work and without changing a file; checkpoints are
+loaded with weights_only=True; a diverging run stops without overwriting its last checkpoint;
+a user's --data_dir is never written; a killed and resumed run logs every iteration exactly once."""
+import hashlib
+import importlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from common import UsageError, cosine_lr, load_checkpoint, run_cli, save_checkpoint
+from tests.conftest import ROOT, run_pretrain
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+class Evil:
+    """A pickle that runs a shell command when loaded without weights_only."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory, tiny_ckpt, shakespeare_dir):
+    """A folder of bad (and a few good) inputs; every case must leave it exactly as it was."""
+    ws = tmp_path_factory.mktemp("bad_input")
+    (ws / "pre").mkdir()
+    shutil.copy(tiny_ckpt / "ckpt.pt", ws / "pre" / "ckpt.pt")
+    ckpt = torch.load(ws / "pre" / "ckpt.pt", weights_only=True)
+    finetuned = dict(model=ckpt["model"], masks={}, config=dict(task="e2e", init_from=str(tiny_ckpt)),
+                     model_config=ckpt["model_config"], pretrain_sparsity=0.75, pretrain_config=ckpt["config"],
+                     finetune=dict(steps=1), iter_num=1, best_val_loss=3.0)
+    save_checkpoint(finetuned, ws / "ft.pt")
+    save_checkpoint(finetuned, ws / "ftrun" / "ckpt.pt")
+    save_checkpoint(dict(ckpt, model_config={**ckpt["model_config"], "n_embd": 64}), ws / "mismatch" / "ckpt.pt")
+    evil = dict(model={}, model_config={}, payload=Evil(ws / "pwned"))
+    torch.save(evil, ws / "evil.pt")
+    (ws / "evil").mkdir()
+    shutil.copy(ws / "evil.pt", ws / "evil" / "ckpt.pt")
+    (ws / "empty_dir").mkdir()
+    (ws / "a_file").write_text("not a folder\n")
+    (ws / "only_train").mkdir()
+    shutil.copy(shakespeare_dir / "train.bin", ws / "only_train" / "train.bin")
+    for name, content in (("empty_bin", b""), ("odd_bin", b"\x01\x02\x03")):
+        (ws / name).mkdir()
+        for split in ("train", "val"):
+            (ws / name / f"{split}.bin").write_bytes(content)
+    (ws / "nonutf8.txt").write_bytes(b"caf\xe9 \xff\xfe not utf-8\n" * 20)
+    (ws / "nonutf8.csv").write_bytes(b"article,summary\ncaf\xe9 \xff,x\n")
+    (ws / "notstr.jsonl").write_text('{"article": 5, "summary": ["x"]}\n')
+    (ws / "list.jsonl").write_text('["article", "summary"]\n')
+    (ws / "textnum.jsonl").write_text('{"text": 12345}\n')
+    (ws / "e2e.csv").write_text("article,summary\na b c,d\n")
+    (ws / "syntax.py").write_text("max_iters = = 3\n")
+    return ws
+
+
+def snapshot(folder):
+    """Every file under `folder` by content hash (folders that stay empty do not count); checkpoints,
+    too large to hash for every case, by size, inode and modification time (a rewrite changes them)."""
+    def key(p):
+        st = p.stat()
+        return (st.st_size, st.st_ino, st.st_mtime_ns) if st.st_size > 1 << 20 else hashlib.sha256(p.read_bytes()).hexdigest()
+    return {str(p.relative_to(folder)): key(p) for p in sorted(Path(folder).rglob("*")) if p.is_file()}
+
+
+def repo_data():
+    return {str(p): p.stat().st_mtime_ns for p in (ROOT / "data").rglob("*") if p.is_file() and "__pycache__" not in str(p)}
+
+
+PRE = "--model=tiny --batch_size=2 --eval_iters=1 --device=cpu"
+FT = "--init_from={ws}/pre --device=cpu --max_examples=4 --eval_examples=1 --beam_size=1"
+CASES = [  # (script, arguments with {ws} for the folder of inputs, a word the message must hold)
+    ("pretrain", "--learning_rate=1e400", "finite"),
+    ("pretrain", "--dropout=-1e999", "finite"),
+    ("pretrain", f"{PRE} --out_dir={{ws}}/pre", "--init_from=resume"),
+    ("pretrain", f"{PRE} --out_dir={{ws}}/a_file", "not a folder"),
+    ("pretrain", f"{PRE} --out_dir=", "empty"),
+    ("pretrain", f"{PRE} --out_dir={{ws}}/a_file/run", "is a file"),
+    ("pretrain", f"{PRE} --out_dir={{ws}}/new --data_dir={{ws}}/only_train", "val.bin"),
+    ("pretrain", f"{PRE} --out_dir={{ws}}/new --data_dir={{ws}}/missing", "does not exist"),
+    ("pretrain", f"{PRE} --out_dir={{ws}}/new --data_dir={{ws}}/empty_bin", "is empty"),
+    ("pretrain", f"{PRE} --out_dir={{ws}}/new --data_dir={{ws}}/odd_bin", "odd size"),
+    ("pretrain", "--init_from=resume --out_dir={ws}/ftrun", "not a pre-training checkpoint"),
+    ("pretrain", "--init_from=resume --out_dir={ws}/mismatch --max_iters=4", "do not match"),
+    ("pretrain", "--init_from=resume --out_dir={ws}/evil", "refusing to load"),
+    ("pretrain", "--init_from=resume --out_dir={ws}/empty_dir", "checkpoint not found"),
+    ("pretrain", "--init_from=resume --out_dir={ws}/pre --max_iters=1", "below"),
+    ("pretrain", f"{PRE} --init_from={{ws}}/evil.pt --out_dir={{ws}}/new", "refusing to load"),
+    ("pretrain", "{ws}/syntax.py", "syntax error"),
+    ("pretrain", "{ws}/missing.py", "not found"),
+    ("finetune", f"{FT} --task=e2e --data={{ws}}/e2e.csv --out_dir={{ws}}/new", "only for curation"),
+    ("finetune", f"{FT} --learning_rate=1e400 --out_dir={{ws}}/new", "finite"),
+    ("finetune", f"{FT} --soft_prompt_lr=1e999 --out_dir={{ws}}/new", "finite"),
+    ("finetune", "--init_from={ws}/evil.pt --out_dir={ws}/new", "refusing to load"),
+    ("finetune", "--init_from={ws}/a_file --out_dir={ws}/new", "cannot read checkpoint"),
+    ("finetune", f"{FT} --out_dir={{ws}}/a_file", "not a folder"),
+    ("finetune", f"{FT} --out_dir={{ws}}/ftrun", "exists"),
+    ("finetune", f"{FT} --task=curation --data={{ws}}/nonutf8.csv --out_dir={{ws}}/new", "UTF-8"),
+    ("finetune", f"{FT} --task=curation --data={{ws}}/notstr.jsonl --out_dir={{ws}}/new", "must be strings"),
+    ("finetune", f"{FT} --task=curation --data={{ws}}/list.jsonl --out_dir={{ws}}/new", "not a JSON object"),
+    ("bench", "--block_size=-5", "block_size"),
+    ("bench", "--json={ws}/a_file/x.json", "not a folder"),
+    ("bench", "--json={ws}", "is a folder"),
+    ("bench", "--device=tpu", "unknown device"),
+    ("bench", "--sparsity=1e400", "finite"),
+    ("reproduce", "--results={ws}/a_file", "not a folder"),
+    ("reproduce", "--results=", "empty"),
+    ("reproduce", "--scale=nope", "scale"),
+    ("reproduce", "--sparsities=0.5,1.5", "sparsities"),
+    ("sparsegpt", "--ckpt={ws}/pre --device=tpu", "unknown device"),
+    ("sparsegpt", "--ckpt={ws}/pre --calib_samples=0", "calib_samples"),
+    ("sparsegpt", "--ckpt={ws}/pre --eval_batches=0", "eval_batches"),
+    ("sparsegpt", "--ckpt={ws}/evil.pt", "refusing to load"),
+    ("sparsegpt", "--ckpt={ws}/ft.pt --data_dir={ws}/only_train", "val.bin"),
+    ("sparsegpt", "--ckpt={ws}/pre --data_dir={ws}/missing", "does not exist"),
+    ("subspace", "{ws}/pre {ws}/evil.pt", "refusing to load"),
+    ("subspace", "{ws}/pre {ws}/pre --png={ws}/a_file/x.png", "not a folder"),
+    ("subspace", "{ws}/pre {ws}/pre --json={ws}", "is a folder"),
+    ("subspace", "", "required"),
+    ("subspace", "{ws}/pre {ws}/pre --bogus", "unrecognized"),
+    ("data.prepare", "shakespeare --files={ws}/nonutf8.txt --out_dir={ws}/prep", "UTF-8"),
+    ("data.prepare", "pile --files={ws}/textnum.jsonl --out_dir={ws}/prep", "not a string"),
+    ("data.prepare", "pile --files={ws}/list.jsonl --out_dir={ws}/prep", "not a JSON object"),
+    ("data.prepare", "shakespeare --out_dir={ws}/a_file", "not a folder"),
+    ("data.prepare", "shakespeare --out_dir=", "empty"),
+    ("data.prepare", "nope", "unknown dataset"),
+    ("kernels.bench", "--devices tpu", "--devices"),
+    ("kernels.bench", "--gen_model nope", "gen_model"),
+    ("kernels.bench", "--json {ws}/a_file/x.json", "not a folder"),
+    ("kernels.bench", "--sparsity 1.5", "sparsity"),
+    ("kernels.bench", "--json=", "empty"),
+]
+
+
+@pytest.mark.parametrize("script, args, word", CASES, ids=[f"{s}:{a}" for s, a, _ in CASES])
+def test_bad_input_is_one_line_exit_2_and_changes_nothing(ws, capsys, script, args, word):
+    before, data_before = snapshot(ws), repo_data()
+    argv = [a.replace("{ws}", str(ws)) for a in args.split(" ") if a]
+    module = importlib.import_module(script)
+    with pytest.raises(SystemExit) as exit_info:  # any other exception is a traceback: the test fails
+        run_cli(module.main, argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2, err
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and errors[0].startswith("error: "), err
+    assert word in errors[0], errors[0]
+    assert "Traceback" not in err
+    assert snapshot(ws) == before and repo_data() == data_before
+    assert not (ws / "pwned").exists()
+
+
+def test_malicious_checkpoint_is_refused_without_running_it(tmp_path):
+    marker = tmp_path / "pwned"
+    torch.save(dict(model={}, model_config={}, payload=Evil(marker)), tmp_path / "evil.pt")
+    with pytest.raises(UsageError, match="refusing to load .*evil.pt"):
+        load_checkpoint(tmp_path / "evil.pt")
+    assert not marker.exists()
+
+
+def test_project_checkpoints_load_with_weights_only(tiny_ckpt):
+    ckpt = torch.load(tiny_ckpt / "ckpt.pt", weights_only=True)
+    assert ckpt["iter_num"] == 2 and ckpt["masks"]
+
+
+def test_divergence_stops_and_keeps_the_last_good_checkpoint(tmp_path, tiny_ckpt, shakespeare_dir, capsys):
+    shutil.copytree(tiny_ckpt, tmp_path, dirs_exist_ok=True)
+    good = (tmp_path / "ckpt.pt").read_bytes()
+    import pretrain
+    args = ["--model=tiny", "--batch_size=2", "--eval_iters=1", "--device=cpu", f"--data_dir={shakespeare_dir}",
+            f"--out_dir={tmp_path}", "--init_from=resume", "--learning_rate=1e6", "--max_iters=40",
+            "--eval_interval=30"]
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(pretrain.main, args)
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert exit_info.value.code == 3
+    assert len(errors) == 1 and "at iteration" in errors[0] and ("is nan" in errors[0] or "is inf" in errors[0])
+    assert (tmp_path / "ckpt.pt").read_bytes() == good  # byte-identical
+    assert not (tmp_path / "ckpt.pt.tmp").exists()
+
+
+def test_user_data_dir_is_never_written(tmp_path, shakespeare_dir):
+    user = tmp_path / "mydata"
+    user.mkdir()
+    (user / "train.bin").write_bytes(bytes(range(256)) * 64)
+    (user / "notes.txt").write_text("mine\n")
+    before = snapshot(user)
+    with pytest.raises(UsageError, match="no val.bin"):
+        run_pretrain(tmp_path / "run", user, "--max_iters=1")
+    assert snapshot(user) == before
+    assert not (tmp_path / "run").exists()
+
+
+def iters(log):
+    return [json.loads(line)["iter"] for line in log.read_text().splitlines()]
+
+
+def test_log_after_kill_and_resume_holds_each_iteration_once(tmp_path, shakespeare_dir, monkeypatch):
+    import pretrain
+    common = ["--max_iters=8", "--eval_interval=3"]
+
+    class Killed(BaseException):
+        pass
+
+    saves = []
+
+    def save_then_die(obj, path):  # a kill right after the second checkpoint was written
+        save_checkpoint(obj, path)
+        saves.append(obj["iter_num"])
+        if len(saves) == 2:
+            raise Killed
+    monkeypatch.setattr(pretrain, "save_checkpoint", save_then_die)
+    (tmp_path / "log.jsonl").write_text(json.dumps(dict(iter=1, loss=99.0)) + "\n")  # a failed run, no checkpoint
+    with pytest.raises(Killed):
+        run_pretrain(tmp_path, shakespeare_dir, *common)
+    monkeypatch.undo()
+    assert iters(tmp_path / "log.jsonl") == list(range(1, 7))  # the saved iteration 6 has its line
+    # a kill later on: lines past the checkpoint, a torn last line and a half-written checkpoint
+    with open(tmp_path / "log.jsonl", "a") as f:
+        f.write(json.dumps(dict(iter=7, loss=1.0)) + "\n" + '{"iter": 8, "lo')
+    (tmp_path / "ckpt.pt.tmp").write_bytes(b"partial")
+    run_pretrain(tmp_path, shakespeare_dir, "--init_from=resume")
+    assert iters(tmp_path / "log.jsonl") == list(range(1, 9))
+    assert not (tmp_path / "ckpt.pt.tmp").exists()
+
+
+def test_resume_keeps_the_schedule_when_extending_and_says_when_finished(tmp_path, shakespeare_dir, capsys):
+    run_pretrain(tmp_path, shakespeare_dir, "--max_iters=4", "--eval_interval=4", "--warmup_iters=1")
+    run_pretrain(tmp_path, shakespeare_dir, "--init_from=resume", "--max_iters=6")
+    assert "extending the run from 4 to 6 iterations" in capsys.readouterr().out
+    records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    floor = cosine_lr(4, 1e-3, 1, 4)  # the original schedule: decayed to its floor at iteration 4
+    assert [r["iter"] for r in records] == list(range(1, 7))
+    assert records[4]["lr"] == records[5]["lr"] == pytest.approx(floor)
+    assert torch.load(tmp_path / "ckpt.pt", weights_only=True)["config"]["lr_decay_iters"] == 4
+    log = (tmp_path / "log.jsonl").read_bytes()
+    run_pretrain(tmp_path, shakespeare_dir, "--init_from=resume")
+    assert "finished at iteration 6" in capsys.readouterr().out
+    assert (tmp_path / "log.jsonl").read_bytes() == log
+
+
+def test_finetune_divergence_stops_without_saving(tmp_path, tiny_ckpt, capsys):
+    import finetune
+    args = [f"--init_from={tiny_ckpt}", f"--out_dir={tmp_path / 'ft'}", "--device=cpu", "--max_examples=16",
+            "--batch_size=4", "--learning_rate=1e6", "--warmup_iters=0", "--max_epochs=3"]
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(finetune.main, args)
+    assert exit_info.value.code == 3
+    assert "at iteration" in capsys.readouterr().err
+    assert not (tmp_path / "ft" / "ckpt.pt").exists()
