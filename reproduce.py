@@ -56,7 +56,8 @@ SCALES = {
     ),
 }
 DEFAULTS = dict(scale="cpu", seeds="1,2,3", other_seeds="1", sparsities="0,0.5,0.75", tasks="e2e,webnlg,dart",
-                control=True, sparse_ft=True, device="auto", results="")
+                control=True, sparse_ft=True, device="auto", results="",
+                run=True)  # False: only write the tables and plots from the cells already finished
 PAPER_TABLE1 = {  # GPT-2 Small, BLEU: E2E, WebNLG, DART
     0.0: (67.49, 63.42, 46.30), 0.5: (67.39, 63.10, 45.74), 0.75: (66.50, 62.64, 44.97)}
 NONE = None  # the control's "pre-training sparsity": no pre-training at all
@@ -137,10 +138,13 @@ def run_grid(cfg, root):
 def collect(cfg, root):
     """Pre-training logs by (seed, s) and fine-tuning metrics by cell, for every finished cell."""
     pre, ft = {}, {}
+    max_iters = int(_flag(SCALES[cfg["scale"]]["pretrain"], "max_iters"))
     for seed, s, task, sparse_ft in cells(cfg):
         log = pre_dir(root, seed, s) / "log.jsonl"
         if s is not NONE and log.exists():
-            pre[(seed, s)] = [json.loads(line) for line in log.read_text().splitlines()]
+            records = [json.loads(line) for line in log.read_text().splitlines()]
+            if records and "val_loss" in records[-1] and records[-1]["iter"] == max_iters:  # finished runs only
+                pre[(seed, s)] = records
         path = ft_dir(root, seed, s, task, sparse_ft) / "metrics.json"
         if path.exists():
             ft[(seed, s, task, sparse_ft)] = json.loads(path.read_text())
@@ -219,10 +223,10 @@ def _flatten_seen(ft):
 def write_tables(cfg, root, summary):
     sparsities = [float(s) for s in cfg["sparsities"].split(",")]
     conds = ([NONE] if cfg["control"] else []) + sparsities
-    label = lambda s: "no pre-training (control)" if s is NONE else f"{s:.0%} sparse"
+    label = lambda s: "no pre-training (control)" if s is NONE else "dense" if s == 0 else f"{s:.0%} sparse"
     lines = [f"# SPDF, controlled: scale `{cfg['scale']}`", "",
-             f"Seeds: {cfg['seeds']} for {cfg['tasks'].split(',')[0]}, {cfg['other_seeds'] or cfg['seeds']} for the "
-             "other tasks. Mean ± sample sd over seeds. Fine-tuning validation loss: mean NLL per completion "
+             f"Grid: seeds {cfg['seeds']} for {cfg['tasks'].split(',')[0]}, {cfg['other_seeds'] or cfg['seeds']} for the "
+             "other tasks; each row names the seeds finished. Mean ± sample sd over seeds. Fine-tuning validation loss: mean NLL per completion "
              "token on a fixed validation subset (no label smoothing), best epoch. Benefit retained = "
              "(L_none − L_s) / (L_none − L_dense), per seed; 1 = all of dense pre-training's benefit.", "",
              "## Pre-training (reading a: dense < 50 % < 75 %)", "",
@@ -232,6 +236,8 @@ def write_tables(cfg, root, summary):
         tokens, flops = (f"{p['tokens']:,}", f"{p['flops']:.3g}") if p["flops"] else ("–", "–")
         lines.append(f"| {label(s)} | {fmt(p['val_loss'], 3)} | {tokens} | {flops} |")
     for task, t in summary["finetune"].items():
+        if not t["rows"]:
+            continue
         extra = ["bleu_seen", "bleu_unseen"] if task == "webnlg" else []
         metric_keys = {"e2e": ["nist", "meteor", "rouge_l", "cider"]}.get(task, ["meteor", "ter"])
         m = t["benefit_val_loss"]
@@ -239,7 +245,7 @@ def write_tables(cfg, root, summary):
         if m[0] is not None:
             ratio = f", {m[0] / m[1]:.1f}× its seed sd" if m[1] else ""
             lines += [f"Benefit of dense pre-training on fine-tuning validation loss: {fmt(m, 3)} nats{ratio}.", ""]
-        head = ["FT val loss", "BLEU", *extra, *metric_keys, "retained (val loss)", "retained (BLEU)", "FT FLOPs",
+        head = ["seeds", "FT val loss", "BLEU", *extra, *metric_keys, "retained (val loss)", "retained (BLEU)", "FT FLOPs",
                 "total FLOPs"]
         lines += ["| pre-training | fine-tuning | " + " | ".join(head) + " |", "|---|---|" + "---|" * len(head)]
         for s in conds:
@@ -247,7 +253,7 @@ def write_tables(cfg, root, summary):
                 row = t["rows"].get(f"{_name(s)}_{'sparse' if sparse_ft else 'dense'}")
                 if not row:
                     continue
-                cols = [fmt(row["best_val_loss"], 3), fmt(row["bleu"]), *[fmt(row[k]) for k in extra],
+                cols = [",".join(map(str, row["seeds"])), fmt(row["best_val_loss"], 3), fmt(row["bleu"]), *[fmt(row[k]) for k in extra],
                         *[fmt(row[k], 3 if k in ("meteor", "rouge_l", "ter", "cider") else 2) for k in metric_keys],
                         fmt(row.get("retained_val_loss", (None,) * 3)), fmt(row.get("retained_bleu", (None,) * 3)),
                         f"{row['flops_finetune'][0]:.3g}" if row["flops_finetune"][0] else "–"]
@@ -278,7 +284,7 @@ def write_plots(cfg, root, pre, summary):
     fig.tight_layout()
     fig.savefig(root / "pretrain_loss.png", dpi=110)
     plt.close(fig)
-    tasks = list(summary["finetune"])
+    tasks = [t for t in summary["finetune"] if summary["finetune"][t]["rows"]] or list(summary["finetune"])[:1]
     fig, axes = plt.subplots(2, len(tasks), figsize=(4 * len(tasks), 6.4), squeeze=False)
     for col, task in enumerate(tasks):
         rows = summary["finetune"][task]["rows"]
@@ -314,7 +320,8 @@ def main(argv):
     check("results" not in overrides or cfg["results"], "--results is empty")
     root = Path(cfg["results"] or ROOT / "results" / cfg["scale"])
     root.mkdir(parents=True, exist_ok=True)
-    run_grid(cfg, root)
+    if cfg["run"]:
+        run_grid(cfg, root)
     pre, ft = collect(cfg, root)
     _flatten_seen(ft)
     summary = summarize(cfg, pre, ft)

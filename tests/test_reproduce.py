@@ -70,3 +70,10 @@ def test_grid_has_control_dense_cells_for_every_sparsity_and_sparse_ft_at_the_hi
 def test_bad_grid_arguments_are_usage_errors(arg, tmp_path):
     with pytest.raises(UsageError):
         reproduce.main([arg, f"--results={tmp_path}"])
+
+
+def test_run_false_writes_tables_from_finished_cells_without_running_any(tmp_path):
+    reproduce.main(["--scale=smoke", "--run=False", f"--results={tmp_path}"])
+    assert not (tmp_path / "runs").exists()
+    assert "no pre-training (control)" not in (tmp_path / "table.md").read_text()  # no cell finished yet
+    assert (tmp_path / "pretrain_loss.png").exists()
