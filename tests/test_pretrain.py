@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from common import UsageError, parse_config
+from sparsity import SPARSE_MATRICES
 from tests.conftest import ROOT, run_pretrain
 
-SIX = ("attn.q_proj.weight", "attn.k_proj.weight", "attn.v_proj.weight",
-       "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+SIX = tuple(f"{m}.weight" for m in SPARSE_MATRICES)
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +68,7 @@ def test_resume_refuses_to_change_sparsity(tmp_path, shakespeare_dir):
         run_pretrain(tmp_path, shakespeare_dir, "--init_from=resume", "--sparsity=0.75", "--max_iters=2")
 
 
+@pytest.mark.slow
 def test_two_process_ddp_run_ends_identical_on_both_ranks(ddp_run):
     last = json.loads((ddp_run / "log.jsonl").read_text().splitlines()[-1])
     fingerprints = last["rank_fingerprints"]
@@ -81,6 +82,7 @@ def test_two_process_ddp_run_ends_identical_on_both_ranks(ddp_run):
     ("--max_iters=abc", "max_iters"), ("--no_such_key=1", "no_such_key"), ("--dataset=nope", "dataset"),
     ("--fsdp=True", "torchrun"),
 ])
+@pytest.mark.slow
 def test_bad_input_is_a_one_line_error(arg, message):
     proc = subprocess.run([sys.executable, "pretrain.py", arg], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode != 0
