@@ -105,6 +105,19 @@ def test_config_files_then_overrides_with_type_checks(tmp_path):
         parse_config(defaults, [str(cfgfile)])
 
 
+def test_key_space_value_bare_bool_flags_and_positional_arguments():
+    defaults = dict(model="tiny", sparsity=0.0, compile=False, json="")
+    cfg, _ = parse_config(defaults, ["--model", "mini", "--compile", "--json", "out.json", "--sparsity=0.5"])
+    assert cfg == dict(model="mini", sparsity=0.5, compile=True, json="out.json")
+    assert parse_config(defaults, ["--compile", "false"])[0]["compile"] is False
+    with pytest.raises(UsageError, match="--model needs a value"):
+        parse_config(defaults, ["--model", "--compile"])
+    cfg, _ = parse_config(defaults, ["mini", "--json", "x.json"], positional=("model",))
+    assert cfg["model"] == "mini" and cfg["json"] == "x.json"
+    with pytest.raises(UsageError, match="unexpected argument"):
+        parse_config(defaults, ["mini", "extra"], positional=("model",))
+
+
 def test_paper_config_files_parse():
     import pretrain
     for name, lr, tokens in (("pretrain_gpt2_small.py", 6e-4, 2.5e9), ("pretrain_gpt3_xl.py", 2e-4, 26e9)):
