@@ -230,8 +230,7 @@ def main(argv):
                 _, loss = model(x, y)
             (loss / accum).backward()
             loss_sum += loss.item() / accum
-        # SPDF: mask gradients, clip, AdamW, re-mask
-        sp.optimizer_step(optimizer, raw_model, step_masks, cfg["grad_clip"])
+        sp.optimizer_step(optimizer, raw_model, step_masks, cfg["grad_clip"])  # SPDF: masked grads, AdamW, re-mask
         iter_num += 1
         tokens_seen += tokens_per_iter
         flops_spent += spdf_flops_per_iter if masks else dense_flops_per_iter  # dense after a VSPDF switch
