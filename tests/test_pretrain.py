@@ -49,6 +49,7 @@ def test_sparse_run_spends_fewer_flops_than_dense(sparse_run, tmp_path, shakespe
     assert sparse < dense
 
 
+@pytest.mark.slow
 def test_resume_after_interruption_is_bit_identical(tmp_path, shakespeare_dir):
     common = ["--sparsity=0.5", "--lr_decay_iters=12", "--eval_interval=6", "--dropout=0.1"]
     run_pretrain(tmp_path / "full", shakespeare_dir, *common, "--max_iters=12")

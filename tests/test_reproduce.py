@@ -6,6 +6,7 @@ from common import UsageError
 ONE_CELL = ["--scale=smoke", "--tasks=e2e", "--sparsities=0.75", "--sparse_ft=False", "--device=cpu"]
 
 
+@pytest.mark.slow
 def test_one_cell_runs_writes_tables_and_plots_and_resumes_without_redoing(tmp_path, capsys):
     root = reproduce.main([*ONE_CELL, f"--results={tmp_path}"])
     metrics = tmp_path / "runs" / "seed1" / "e2e_s0.75_dense" / "metrics.json"
