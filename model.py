@@ -127,11 +127,10 @@ class GPT(nn.Module):
     def num_params(self):
         return sum(p.numel() for p in self.parameters())  # tied weights are counted once
 
-    def forward(self, idx, targets=None, kv_caches=None, pos_offset=0, loss_mask=None, prefix_embeds=None,
-                positions=None):
+    def forward(self, idx, targets=None, kv_caches=None, pos_offset=0, prefix_embeds=None, positions=None):
         """
-        idx (B, T) token ids. With targets, also returns the mean cross-entropy over positions
-        where loss_mask is True (all positions if None). kv_caches: one [k, v] list per layer,
+        idx (B, T) token ids. With targets, also returns the mean cross-entropy over all positions
+        (finetune.completion_loss counts completion tokens only). kv_caches: one [k, v] list per layer,
         filled in place during generation; pos_offset is the number of positions already cached.
         prefix_embeds (B or 1, N, n_embd): a soft prompt (finetune.py), N vectors that take
         positions pos_offset.. before the tokens; logits (and loss) cover the T tokens only.
@@ -157,12 +156,8 @@ class GPT(nn.Module):
         if targets is None:
             return self.lm_head(x), None
         logits = self.lm_head(x)
-        loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1),
-                               reduction="none")
-        if loss_mask is None:
-            return logits, loss.mean()
-        loss_mask = loss_mask.reshape(-1).float()
-        return logits, (loss * loss_mask).sum() / loss_mask.sum().clamp(min=1)
+        loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), reduction="none")
+        return logits, loss.mean()
 
     def new_kv_caches(self):
         return [[None, None] for _ in range(self.config.n_layer)]

@@ -49,6 +49,7 @@ def test_nist_by_hand():
     assert nist == pytest.approx(1.0 * math.exp(-beta * math.log(0.5) ** 2))
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(mirror_file("e2e/test.txt") is None, reason="needs the data mirror")
 def test_e2e_bleu_nist_match_official_script():
     """Golden values from tuetschek/e2e-metrics' mteval-v13a-sig.pl scoring code (run under Perl on
@@ -73,6 +74,7 @@ def test_sacrebleu_and_ter():
         pytest.approx((1 / 4 + 0) / 2)
 
 
+@pytest.mark.slow
 def test_coco_scores_and_missing_java(monkeypatch):
     hyps, refs = ["the cat sat on the mat", "a dog runs"], [["the cat sat on the mat"], ["a dog runs"]]
     good = metrics.coco_scores(hyps, refs, which=("rouge_l",) + (("meteor",) if has_java else ()))
