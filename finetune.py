@@ -26,8 +26,9 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+import hf
 import sparsity as sp
-from common import (autocast, check, decay_groups, get_tokenizer, linear_lr, load_checkpoint,
+from common import (autocast, check, decay_groups, get_tokenizer, linear_lr,
                     parse_config, pick_device, run_cli, save_checkpoint)
 from data.tasks import (EOT, NLG_TASKS, TASKS, encode_example, encode_prompt, flatten,
                         load_groups)
@@ -38,7 +39,7 @@ from model import GPT, GPTConfig
 DEFAULTS = dict(
     task="e2e",                 # e2e | webnlg | dart | curation | summarization
     data="",                    # curation/summarization: CSV or JSON lines with article, summary
-    init_from="",               # a pre-training checkpoint or out_dir (or a fine-tuned one)
+    init_from="",               # a pre-training checkpoint or out_dir (or a fine-tuned one), gpt2 or an HF GPT-2 folder
     sparse=False,               # keep the pre-training masks (sparse fine-tuning baseline)
     out_dir="out-finetune",
     eval_only=False,            # score init_from as it is, no training
@@ -144,7 +145,7 @@ def evaluate_loss(model, examples, batch_size, device, prompt=None):
 
 def load_model(cfg, device):
     """Model, masks to keep (empty for dense FT) and the pre-training sparsity."""
-    ckpt = load_checkpoint(cfg["init_from"])
+    ckpt = hf.load_source(cfg["init_from"])  # a project checkpoint, or a Hugging Face GPT-2 (hf.py)
     try:
         mcfg = GPTConfig(**{**ckpt["model_config"], "dropout": cfg["dropout"]})
         model = GPT(mcfg)

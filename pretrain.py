@@ -31,6 +31,7 @@ from torch.distributed.tensor import distribute_tensor
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
+import hf
 import omission
 import sparsegpt
 import sparsity as sp
@@ -71,7 +72,7 @@ DEFAULTS = dict(
     grad_clip=1.0,
     # run
     out_dir="out",
-    init_from="scratch",        # scratch | resume | path to a checkpoint (its weights, new masks)
+    init_from="scratch",        # scratch | resume | a checkpoint (its weights, new masks) | gpt2[-medium|-large|-xl] | HF GPT-2 folder
     eval_interval=100,
     eval_iters=10,
     device="auto",
@@ -109,8 +110,8 @@ def validate(cfg):
         check(cfg[key] >= 0, f"--{key} must be non-negative, got {cfg[key]}")
     check(cfg["learning_rate"] > 0, "--learning_rate must be positive")
     check(0.0 <= cfg["dropout"] < 1.0, "--dropout must be in [0, 1)")
-    check(cfg["init_from"] == "scratch" or cfg["init_from"] == "resume" or os.path.exists(cfg["init_from"]),
-          f"--init_from must be scratch, resume or an existing checkpoint, got {cfg['init_from']!r}")
+    check(cfg["init_from"] in ("scratch", "resume") or os.path.exists(cfg["init_from"]) or hf.is_hf_source(cfg["init_from"]),
+          f"--init_from must be scratch, resume, an existing checkpoint or {'/'.join(hf.HUB_NAMES)}, got {cfg['init_from']!r}")
 
 
 def setup_distributed(device):
@@ -201,9 +202,8 @@ def main(argv):
     if ckpt is not None:
         mcfg = GPTConfig(**ckpt["model_config"])
     else:
-        mcfg = GPTConfig(**{**asdict(PRESETS[cfg["model"]]), "dropout": cfg["dropout"]})
-        if cfg["block_size"]:
-            mcfg.block_size = cfg["block_size"]
+        # the preset, or a Hugging Face GPT-2's own architecture (hf.py)
+        mcfg = hf.resolve_model_config(cfg["init_from"], PRESETS[cfg["model"]], cfg["dropout"], cfg["block_size"])
     block_size = mcfg.block_size
     model = GPT(mcfg)
     if ckpt is not None:
@@ -211,7 +211,7 @@ def main(argv):
         masks = ckpt["masks"]
     else:
         if cfg["init_from"] != "scratch":  # continue from another run's weights, e.g. a dense one
-            source = load_checkpoint(cfg["init_from"])
+            source = hf.load_source(cfg["init_from"], block_size=mcfg.block_size)  # or an HF GPT-2
             check(source["model_config"] == asdict(mcfg) | {"dropout": source["model_config"]["dropout"]},
                   f"{cfg['init_from']} holds a different architecture than --model={cfg['model']}")
             model.load_state_dict(source["model"])

@@ -184,15 +184,17 @@ COMPARE = dict(ckpt="", sparsity=0.5, prune_n=0, prune_m=0, calib_samples=128, e
 
 def main(argv):
     import copy
-    from common import check, load_checkpoint, parse_config
+    import hf
+    from common import check, parse_config
     from data.prepare import ensure_prepared, load_tokens
     from model import GPT, GPTConfig
     cfg, _ = parse_config(COMPARE, argv)
     check(cfg["ckpt"], "usage: python sparsegpt.py --ckpt=PATH [--sparsity=0.5 --prune_n=2 --prune_m=4 ...]")
     check(0 < cfg["sparsity"] < 1, f"--sparsity must be in (0, 1), got {cfg['sparsity']}")
     check(*validate_pattern(cfg["sparsity"], cfg["prune_n"], cfg["prune_m"]))
-    ckpt = load_checkpoint(cfg["ckpt"])
-    dataset = cfg["dataset"] or ckpt["config"]["dataset"]
+    ckpt = hf.load_source(cfg["ckpt"])  # a project checkpoint, or a Hugging Face GPT-2 (hf.py)
+    dataset = cfg["dataset"] or ckpt["config"].get("dataset")
+    check(dataset, f"{cfg['ckpt']} was not trained here: pass --dataset=<calibration data>")
     data_dir = cfg["data_dir"] or ckpt["config"].get("data_dir") or None
     ensure_prepared(dataset, data_dir)
     model = GPT(GPTConfig(**ckpt["model_config"]))
