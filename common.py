@@ -269,8 +269,10 @@ def load_weights(model, state, path):
 
 def load_model(path, **config):
     """
-    (GPT, checkpoint) from `path` (a checkpoint or an out_dir), on the CPU; `config` overrides
-    model_config fields (e.g. dropout=0.1). Every script writes the same dict:
+    (GPT, checkpoint) from `path` (a checkpoint or an out_dir, or a Hugging Face GPT-2: gpt2,
+    gpt2-medium, gpt2-large, gpt2-xl or a local folder, imported by hf.py), on the CPU; `config`
+    overrides model_config fields (e.g. dropout=0.1; a smaller block_size keeps the first rows of the
+    position table). Every script writes the same dict:
 
       model          the GPT's state_dict (the tied head included, as state_dict() gives it)
       model_config   model.GPTConfig as a dict
@@ -282,13 +284,19 @@ def load_model(path, **config):
     finetune.py adds: pretrain_sparsity, pretrain_config, finetune (its log), iter_num, best_val_loss,
       soft_prompt (N, n_embd) when it trained one
     """
+    import hf  # a library module that imports this one, hence here
     from model import GPT, GPTConfig
-    ckpt = load_checkpoint(path)
+    ckpt = hf.load_source(path)  # a checkpoint dict either way (HF: model, model_config, masks={}, config)
     try:
         model = GPT(GPTConfig(**{**ckpt["model_config"], **config}))
     except (TypeError, ValueError, AssertionError) as e:
         raise UsageError(f"{path}: model_config does not match model.py ({type(e).__name__}: {e})") from e
-    load_weights(model, ckpt["model"], path)
+    state, positions = ckpt["model"], ckpt["model_config"].get("block_size")
+    if positions and model.config.block_size != positions:  # a shorter context than the checkpoint's
+        check(model.config.block_size < positions,
+              f"--block_size={model.config.block_size} exceeds {path}'s {positions} positions")
+        state = {**state, "transformer.wpe.weight": state["transformer.wpe.weight"][:model.config.block_size]}
+    load_weights(model, state, path)
     return model, ckpt
 
 

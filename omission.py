@@ -112,10 +112,10 @@ class Omitter:
         def forward(x):
             keep = self.mlp_keep[i] if mlp.training else None
             if keep is None:
-                h = F.gelu(mlp.c_fc(x))
+                h = mlp.act(mlp.c_fc(x))
                 out = mlp.c_proj(h)
             else:  # only the kept channels: rows of c_fc, columns of c_proj
-                h = F.gelu(F.linear(x, mlp.c_fc.weight[keep], mlp.c_fc.bias[keep]))
+                h = mlp.act(F.linear(x, mlp.c_fc.weight[keep], mlp.c_fc.bias[keep]))
                 out = F.linear(h, mlp.c_proj.weight[:, keep], mlp.c_proj.bias)
             if mlp.training:
                 self._observe(self.mlp_imp, i, keep, h.detach().abs().flatten(0, -2).mean(0))

@@ -32,6 +32,7 @@ from common import (ADAMW, autocast, check, check_finite, check_pretrain_checkpo
                     peak_flops, pick_device, prepare_run_dir, resume_schedule, run_cli, save_checkpoint, trim_log)
 from data.prepare import DATASETS, ensure_prepared, load_tokens
 from flops import densify_iter, forward_flops, train_flops
+from hf import HUB_NAMES
 from model import GPT, PRESETS, GPTConfig
 
 DEFAULTS = dict(
@@ -59,7 +60,8 @@ DEFAULTS = dict(
     grad_clip=1.0,
     # run
     out_dir="out",
-    init_from="scratch",        # scratch | resume | a checkpoint: its weights, and its masks if it has any
+    init_from="scratch",        # scratch | resume | a checkpoint: its weights, and its masks if it has any |
+                                # gpt2[-medium|-large|-xl] or an HF GPT-2 folder: its weights and architecture
     eval_interval=100,
     eval_iters=10,
     device="auto",
@@ -86,8 +88,9 @@ def validate(cfg):
         check(cfg[key] >= 0, f"--{key} must be non-negative, got {cfg[key]}")
     check(cfg["learning_rate"] > 0, "--learning_rate must be positive")
     check(0.0 <= cfg["dropout"] < 1.0, "--dropout must be in [0, 1)")
-    check(cfg["init_from"] == "scratch" or cfg["init_from"] == "resume" or os.path.exists(cfg["init_from"]),
-          f"--init_from must be scratch, resume or an existing checkpoint, got {cfg['init_from']!r}")
+    check(cfg["init_from"] in ("scratch", "resume", *HUB_NAMES) or os.path.exists(cfg["init_from"]),
+          f"--init_from must be scratch, resume, a checkpoint, {', '.join(HUB_NAMES)} or an HF GPT-2 folder, "
+          f"got {cfg['init_from']!r}")
 
 
 def model_config(cfg):
@@ -159,9 +162,10 @@ def main(argv):
     # model and masks: resumed, from another checkpoint's weights (and its masks, if any), or new
     if ckpt is not None:
         masks = ckpt["masks"]
-    elif cfg["init_from"] != "scratch":
-        model, source = load_model(cfg["init_from"], dropout=cfg["dropout"])
-        check(model.config == model_config(cfg),
+    elif cfg["init_from"] != "scratch":  # a checkpoint, or a Hugging Face GPT-2 (common.load_model)
+        model, source = load_model(cfg["init_from"], dropout=cfg["dropout"],
+                                   **({"block_size": cfg["block_size"]} if cfg["block_size"] else {}))
+        check(source.get("config", {}).get("hf_source") or model.config == model_config(cfg),  # GPT-2 brings its own
               f"{cfg['init_from']} holds a different architecture than --model={cfg['model']}")
         masks = source.get("masks") or {}
         if masks:  # e.g. sparsegpt.py's pruned checkpoint: pre-training continues with its masks

@@ -34,6 +34,8 @@ As a pipeline step (the Sparse Llama recipe: prune a dense model, then continue 
   python sparsegpt.py --ckpt=out/ckpt.pt --sparsity=0.5   # one-shot val loss: dense vs magnitude vs SparseGPT
 
 --out writes an ordinary checkpoint (common.load_model): the pruned weights, their masks and a config.
+--ckpt may also be a Hugging Face GPT-2 (gpt2, gpt2-medium, ... or a local folder: docs/hf.md); it
+names no pre-training data, so pass --dataset (and --data_dir) for the calibration and validation windows.
 """
 import copy
 import math
