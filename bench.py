@@ -18,11 +18,10 @@ from dataclasses import asdict
 import torch
 
 import sparsity as sp
-from common import autocast, check, check_output_file, parse_config, peak_flops, pick_device, run_cli
+from common import (ADAMW, autocast, check, check_output_file, configure_optimizer, parse_config, peak_flops,
+                    pick_device, run_cli)
 from flops import forward_flops
 from model import GPT, PRESETS, GPTConfig
-from pretrain import DEFAULTS as PRETRAIN_DEFAULTS
-from pretrain import configure_optimizer
 
 DEFAULTS = dict(
     model="tiny",
@@ -52,7 +51,7 @@ def time_runs(cfg, device):
     model = GPT(mcfg).to(device)
     model.activation_checkpointing = cfg["activation_checkpointing"]
     masks = sp.masks_to(sp.make_masks(model, cfg["sparsity"], seed=cfg["seed"]), device)
-    optimizer = configure_optimizer(model, PRETRAIN_DEFAULTS, device)
+    optimizer = configure_optimizer(model, dict(ADAMW, learning_rate=1e-3), device)
     step_model = torch.compile(model) if cfg["compile"] else model
     B, T = cfg["batch_size"], mcfg.block_size
     x = torch.randint(0, mcfg.vocab_size, (B, T), device=device)
@@ -69,9 +68,10 @@ def time_runs(cfg, device):
                 return fn()
             sync()
             t0 = time.perf_counter()
-            fn()
+            out = fn()
             sync()
             phases[name] = phases.get(name, 0.0) + time.perf_counter() - t0
+            return out
 
         def forward_backward():
             for _ in range(accum):
@@ -79,11 +79,7 @@ def time_runs(cfg, device):
                     _, loss = step_model(x, y)
                 (loss / accum).backward()
         phase("forward+backward", forward_backward)
-        phase("mask gradients", lambda: sp.mask_grads(model, masks))
-        phase("clip", lambda: torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0))
-        phase("AdamW", optimizer.step)
-        phase("re-mask", lambda: sp.apply_masks(model, masks))
-        phase("zero_grad", lambda: optimizer.zero_grad(set_to_none=True))
+        sp.optimizer_step(optimizer, model, masks, 1.0, phase=phase)  # pretrain.py's step, phase by phase
 
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats(device)

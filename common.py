@@ -1,7 +1,7 @@
 """
-What pre-training and fine-tuning share, each in one place: the configurator, command-line
-errors, device choice, the tokenizer, the local data mirror, checkpoint I/O, LR schedules and
-the MFU peak table.
+What the scripts share, each in one place: the configurator and command-line errors, device
+choice and the MFU peak table, the tokenizer and the local data mirror, checkpoint I/O and
+rebuilding a model from a checkpoint, the AdamW setup and the LR schedules.
 """
 import ast
 import json
@@ -17,7 +17,7 @@ import torch
 ROOT = Path(__file__).resolve().parent
 
 
-class UsageError(Exception):
+class UsageError(ValueError):
     """Bad input from the user: reported as one line, never as a traceback."""
     exit_code = 2
 
@@ -71,40 +71,61 @@ def _coerce(key, raw, default):
     return value
 
 
-def parse_config(defaults, argv):
+def parse_config(defaults, argv, positional=()):
     """
-    Returns (config, overrides). argv holds config files (plain Python assignments, applied in
-    order) and --key=value overrides; every key must already exist in `defaults`.
-    `overrides` names the keys the user set, so a resumed run can take the rest from its checkpoint.
+    Returns (config, overrides). argv holds --key=value (or --key value) overrides, every key in
+    `defaults`; a bool key alone (--compile) means True. Bare arguments fill the `positional` keys in
+    order if the script names any, else they are config files (plain Python assignments), applied in
+    their place in argv. `overrides` names the keys the user set, so a resumed run can take the rest
+    from its checkpoint.
     """
     config, overrides = dict(defaults), {}
-    for arg in argv:
-        if not arg.startswith("--"):
-            path = Path(arg)
-            if not path.is_file():
-                raise UsageError(f"config file not found: {arg}")
-            scope = {}
-            try:
-                exec(compile(path.read_text(encoding="utf-8"), str(path), "exec"), {}, scope)
-            except SyntaxError as e:
-                raise UsageError(f"config file {arg}, line {e.lineno}: syntax error ({e.msg})") from e
-            except Exception as e:  # a config file is plain assignments; anything else is the user's error
-                raise UsageError(f"config file {arg} failed: {type(e).__name__}: {e}") from e
-            for key, value in scope.items():
-                if key.startswith("_"):
-                    continue
-                if key not in defaults:
-                    raise UsageError(f"unknown config key {key!r} in {arg}")
-                overrides[key] = _coerce(key, repr(value), defaults[key])
-        else:
+    args, bare = list(argv), []
+    while args:
+        arg = args.pop(0)
+        if arg.startswith("--"):
             key, eq, raw = arg[2:].partition("=")
-            if not eq:
-                raise UsageError(f"expected --key=value, got {arg!r}")
             if key not in defaults:
                 raise UsageError(f"unknown config key {key!r}")
+            if not eq:  # --key value, or a bool flag alone
+                if isinstance(defaults[key], bool) and not (args and args[0].lower() in ("true", "false")):
+                    raw = "True"
+                elif args and not args[0].startswith("--"):
+                    raw = args.pop(0)
+                else:
+                    raise UsageError(f"--{key} needs a value: --{key}=VALUE or --{key} VALUE")
             overrides[key] = _coerce(key, raw, defaults[key])
+        elif positional:
+            check(len(bare) < len(positional), f"unexpected argument {arg!r}")
+            key = positional[len(bare)]
+            bare.append(arg)
+            overrides[key] = _coerce(key, arg, defaults[key])
+        else:
+            overrides.update(_config_file(arg, defaults))
     config.update(overrides)
     return config, overrides
+
+
+def _config_file(arg, defaults):
+    """The assignments of a config file, type-checked like --key=value."""
+    path = Path(arg)
+    if not path.is_file():
+        raise UsageError(f"config file not found: {arg}")
+    scope = {}
+    try:
+        exec(compile(path.read_text(encoding="utf-8"), str(path), "exec"), {}, scope)
+    except SyntaxError as e:
+        raise UsageError(f"config file {arg}, line {e.lineno}: syntax error ({e.msg})") from e
+    except Exception as e:  # a config file is plain assignments; anything else is the user's error
+        raise UsageError(f"config file {arg} failed: {type(e).__name__}: {e}") from e
+    out = {}
+    for key, value in scope.items():
+        if key.startswith("_"):
+            continue
+        if key not in defaults:
+            raise UsageError(f"unknown config key {key!r} in {arg}")
+        out[key] = _coerce(key, repr(value), defaults[key])
+    return out
 
 
 def check(condition, message):
@@ -158,6 +179,9 @@ def peak_flops(device):
 
 # -----------------------------------------------------------------------------
 # tokenizer and the local mirror of public data
+
+
+EOT = 50256  # GPT-2 <|endoftext|>: ends every document and every fine-tuning context and completion
 
 
 def get_tokenizer():
@@ -241,6 +265,39 @@ def load_weights(model, state, path):
     except (RuntimeError, KeyError, TypeError, AttributeError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UsageError(f"{path}: weights do not match the model ({first[:200]})") from e
+
+
+def load_model(path, **config):
+    """
+    (GPT, checkpoint) from `path` (a checkpoint or an out_dir, or a Hugging Face GPT-2: gpt2,
+    gpt2-medium, gpt2-large, gpt2-xl or a local folder, imported by hf.py), on the CPU; `config`
+    overrides model_config fields (e.g. dropout=0.1; a smaller block_size keeps the first rows of the
+    position table). Every script writes the same dict:
+
+      model          the GPT's state_dict (the tied head included, as state_dict() gives it)
+      model_config   model.GPTConfig as a dict
+      masks          parameter name -> bool tensor (True = kept); {} or absent when dense
+      config         the settings of the run that wrote it (its script's DEFAULTS plus overrides)
+    pretrain.py adds, for an exact resume: optimizer (optimizer.state_dict()'s numbering), iter_num,
+      tokens_seen, flops_spent (SPDF's accounting), best_val_loss, rng (torch, cuda, data: one per rank)
+    sparsegpt.py --out writes model, model_config, masks and config only (no optimizer: a new run)
+    finetune.py adds: pretrain_sparsity, pretrain_config, finetune (its log), iter_num, best_val_loss,
+      soft_prompt (N, n_embd) when it trained one
+    """
+    import hf  # a library module that imports this one, hence here
+    from model import GPT, GPTConfig
+    ckpt = hf.load_source(path)  # a checkpoint dict either way (HF: model, model_config, masks={}, config)
+    try:
+        model = GPT(GPTConfig(**{**ckpt["model_config"], **config}))
+    except (TypeError, ValueError, AssertionError) as e:
+        raise UsageError(f"{path}: model_config does not match model.py ({type(e).__name__}: {e})") from e
+    state, positions = ckpt["model"], ckpt["model_config"].get("block_size")
+    if positions and model.config.block_size != positions:  # a shorter context than the checkpoint's
+        check(model.config.block_size < positions,
+              f"--block_size={model.config.block_size} exceeds {path}'s {positions} positions")
+        state = {**state, "transformer.wpe.weight": state["transformer.wpe.weight"][:model.config.block_size]}
+    load_weights(model, state, path)
+    return model, ckpt
 
 
 def check_pretrain_checkpoint(ckpt, path):
@@ -371,7 +428,10 @@ def read_bin(path):
 
 
 # -----------------------------------------------------------------------------
-# optimizer groups and learning-rate schedules
+# the optimizer and the learning-rate schedules
+
+# the paper's AdamW (supplement A.1); pretrain.py exposes each as an option, bench.py times it as is
+ADAMW = dict(weight_decay=0.1, beta1=0.9, beta2=0.999, eps=1e-8)
 
 
 def decay_groups(model, weight_decay):
@@ -381,9 +441,14 @@ def decay_groups(model, weight_decay):
             dict(params=[p for p in params if p.dim() < 2], weight_decay=0.0)]
 
 
+def configure_optimizer(model, cfg, device):
+    """AdamW with cfg's learning_rate, weight_decay, beta1, beta2, eps; decay on matrices only."""
+    return torch.optim.AdamW(decay_groups(model, cfg["weight_decay"]), lr=cfg["learning_rate"],
+                             betas=(cfg["beta1"], cfg["beta2"]), eps=cfg["eps"], fused=device.startswith("cuda"))
+
+
 def cosine_lr(it, max_lr, warmup_iters, decay_iters, min_lr_ratio=0.1):
     """Linear warm-up, then cosine decay to min_lr_ratio * max_lr (the paper: 10% of peak)."""
-    import math
     if it < warmup_iters:
         return max_lr * (it + 1) / warmup_iters
     if it >= decay_iters:

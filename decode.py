@@ -17,7 +17,7 @@ finetune.py groups test inputs by prompt length.
 import torch
 import torch.nn.functional as F
 
-EOT = 50256
+from common import EOT
 
 
 def banned_tokens(generated, n):

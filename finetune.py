@@ -27,20 +27,17 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import sparsity as sp
-from common import (autocast, check, check_finite, check_writable_dir, decay_groups, get_tokenizer,
-                    linear_lr, load_checkpoint, parse_config, pick_device, prepare_run_dir, run_cli,
-                    save_checkpoint)
-from data.tasks import (EOT, NLG_TASKS, TASKS, encode_example, encode_prompt, flatten,
-                        load_groups)
+from common import (EOT, autocast, check, check_finite, check_writable_dir, decay_groups, get_tokenizer,
+                    linear_lr, load_model, parse_config, pick_device, prepare_run_dir, run_cli, save_checkpoint)
+from data.tasks import NLG_TASKS, TASKS, encode_example, encode_prompt, flatten, load_groups
 from decode import beam_search
 from flops import train_flops
-from model import GPT, GPTConfig
 
 DEFAULTS = dict(
     recipe="toy",               # a label for the screen and metrics.json (config/finetune_paper.py: "paper")
     task="e2e",                 # e2e | webnlg | dart | curation | summarization
     data="",                    # curation/summarization: CSV or JSON lines with article, summary
-    init_from="",               # a pre-training checkpoint or out_dir (or a fine-tuned one)
+    init_from="",               # a pre-training checkpoint or out_dir (or a fine-tuned one), gpt2 or an HF GPT-2 folder
     sparse=False,               # keep the pre-training masks (sparse fine-tuning baseline)
     out_dir="out-finetune",
     eval_only=False,            # score init_from as it is, no training
@@ -155,15 +152,10 @@ def evaluate_loss(model, examples, batch_size, device, prompt=None):
     return total / max(count, 1.0)
 
 
-def load_model(cfg, device):
-    """Model, masks to keep (empty for dense FT) and the pre-training sparsity."""
-    ckpt = load_checkpoint(cfg["init_from"])
-    try:
-        mcfg = GPTConfig(**{**ckpt["model_config"], "dropout": cfg["dropout"]})
-        model = GPT(mcfg)
-        model.load_state_dict(ckpt["model"])
-    except (TypeError, RuntimeError, KeyError) as e:
-        check(False, f"{cfg['init_from']}: checkpoint does not match model.py ({type(e).__name__})")
+def init_model(cfg, device):
+    """Model, masks to keep (empty for dense FT), the pre-training sparsity, model config, checkpoint."""
+    model, ckpt = load_model(cfg["init_from"], dropout=cfg["dropout"])
+    mcfg = model.config
     saved = ckpt.get("config", {})
     pretrain_sparsity = float(ckpt.get("pretrain_sparsity", saved.get("sparsity", 0.0)))
     masks = ckpt.get("masks") or {}
@@ -236,13 +228,9 @@ def finetune(cfg, model, masks, mcfg, train, val, device, pretrain_sparsity, pro
                 s, n = completion_loss(model, x, y, m, cfg["label_smoothing"], prompt)
             loss = s / n.clamp(min=1)
             loss.backward()
-            sp.mask_grads(model, masks)
-            grad_norm = torch.nn.utils.clip_grad_norm_(trainable, cfg["grad_clip"] if cfg["grad_clip"] > 0 else float("inf"))
+            grad_norm = sp.optimizer_step(optimizer, model, masks, cfg["grad_clip"], trainable)  # empty masks: dense FT
             check_finite(loss.item(), "the training loss", step + 1)
             check_finite(grad_norm, "the gradient norm", step + 1)
-            optimizer.step()
-            sp.apply_masks(model, masks)  # AdamW's decoupled decay touches every entry
-            optimizer.zero_grad(set_to_none=True)
             # FLOPs of this step: every sequence at the padded length the model actually ran
             step_flops = train_flops(mcfg, n_prompt + x.size(1), flops_sparsity, mcfg.vocab_size) * x.size(0)
             # a frozen model still back-propagates to its inputs but computes no weight gradients
@@ -305,7 +293,7 @@ def main(argv):
     check(cfg["eval_only"] or not (out_dir / "ckpt.pt").exists(),
           f"{out_dir / 'ckpt.pt'} exists: choose another --out_dir (saved work is never overwritten)")
     check_writable_dir(out_dir)
-    model, masks, pretrain_sparsity, mcfg, ckpt = load_model(cfg, device)
+    model, masks, pretrain_sparsity, mcfg, ckpt = init_model(cfg, device)
     prompt = setup_soft_prompt(cfg, model, ckpt)
     n_prompt = 0 if prompt is None else prompt.size(0)
     enc = get_tokenizer()

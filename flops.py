@@ -12,8 +12,8 @@ SPDF's FLOPs accounting (supplement A.4, Tables 2-3). Per sequence of S tokens:
 `--json` prints the pre-training rows as JSON. pretrain.py and finetune.py use these functions.
 """
 import json
-import sys
 
+from common import parse_config, run_cli
 from model import PRESETS
 
 VOCAB = 50257  # the paper's figures use the unpadded GPT-2 vocabulary
@@ -84,8 +84,12 @@ def finetune_rows(models=("gpt2-small", "gpt3-xl")):
     return rows
 
 
+DEFAULTS = dict(json=False)  # --json: print the pre-training rows as JSON
+
+
 def main(argv):
-    if "--json" in argv:
+    cfg, _ = parse_config(DEFAULTS, argv)
+    if cfg["json"]:
         print(json.dumps(pretrain_rows(), indent=1))
         return
     print("Pre-training (supplement Table 2): sequences of 2048 tokens, FLOPs/seq = fwd + bwd")
@@ -104,4 +108,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_cli(main)

@@ -6,10 +6,13 @@ below statement by statement (its Python twin metrics/pymteval.py differs in two
 METEOR 1.5, ROUGE-L and CIDEr from pycocoevalcap after its PTB tokenizer, the same code the
 official script calls. METEOR and the PTB tokenizer need Java.
 
-WebNLG / DART (WebNLG/GenerationEval, as the LoRA pipeline runs it): BLEU = multi-bleu-detok.perl,
-i.e. sacrebleu's corpus BLEU (13a tokenization, case-sensitive); METEOR = meteor-1.5 `-norm` on
-tokenized text (pycocoevalcap's jar, same version and flags); TER = the mean over sentences of the
-best TER against any reference (GenerationEval uses pyter; sacrebleu's tercom port here).
+WebNLG / DART (WebNLG/GenerationEval eval.py, fed as LoRA's gpt2_decode.py --tokenize --lower feeds
+it, which is how the LoRA and SPDF papers score): outputs and references lower-cased and split at
+every non-word character, 6 references per input; BLEU = multi-bleu-detok.perl (ported: cased
+mteval-v13a tokens, no smoothing); TER = pyter (ported) on nltk.word_tokenize tokens, best
+reference per output, plus eval.py's extra empty line; METEOR = meteor-1.5 `-norm` (pycocoevalcap's
+jar, same version and flags, on its PTB tokens). generationeval(lora=False) runs eval.py's BLEU and
+TER on the raw text instead (case-sensitive). Numbers pinned in tests/test_metrics.py.
 
 All BLEU values are on the 0-100 scale; METEOR, ROUGE-L, TER are fractions; NIST and CIDEr raw.
 """
@@ -22,16 +25,19 @@ from collections import Counter
 # mteval-v13a (the E2E challenge's BLEU and NIST)
 
 
-def mteval_tokenize(text):
-    """mteval-v13a's default `tokenization` (lower-cases ASCII A-Z only, as Perl's tr/// does)."""
+def mteval_tokenize(text, lower=True, space=re.compile(r"\s+")):
+    """mteval-v13a's default `tokenization` (lower-cases ASCII A-Z only, as Perl's tr/// does);
+    lower=False: multi-bleu-detok.perl's (case kept); `space`: what counts as whitespace."""
     text = text.replace("<skipped>", "").replace("-\n", "").replace("\n", " ")
     text = text.replace("&quot;", '"').replace("&amp;", "&").replace("&lt;", "<").replace("&gt;", ">")
-    text = " " + text.translate(str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")) + " "
+    if lower:
+        text = text.translate(str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz"))
+    text = " " + text + " "
     text = re.sub(r"([\{-\~\[-\` -\&\(-\+\:-\@\/])", r" \1 ", text)  # punctuation
     text = re.sub(r"([^0-9])([\.,])", r"\1 \2 ", text)  # period, comma unless preceded by a digit
     text = re.sub(r"([\.,])([^0-9])", r" \1 \2", text)  # ... unless followed by a digit
     text = re.sub(r"([0-9])(-)", r"\1 \2 ", text)  # dash after a digit
-    return re.sub(r"\s+", " ", text).strip().split()
+    return [w for w in space.split(text) if w]
 
 
 def _ngrams(words, max_n):
@@ -146,28 +152,143 @@ def coco_scores(hyps, refs, which=("meteor", "rouge_l", "cider")):
 
 
 # -----------------------------------------------------------------------------
-# sacrebleu: multi-bleu-detok BLEU and TER
+# WebNLG / DART: GenerationEval's eval.py (BLEU = multi-bleu-detok.perl, TER = pyter), fed as LoRA feeds it
+
+LORA_NUM_REFS = 6  # gpt2_decode.py --ref_num 6, eval.py -nr 6 (WebNLG and DART alike)
+_ASCII_SPACE = re.compile(r"[ \t\n\r\f\v]+")  # Perl's \s on byte strings: non-ASCII spaces are not spaces
 
 
-def sacre_bleu(hyps, refs):
-    """Corpus BLEU (0-100) with variable reference counts (missing ones passed as None)."""
-    import sacrebleu
-    k = max(len(rs) for rs in refs)
-    streams = [[rs[j] if j < len(rs) else None for rs in refs] for j in range(k)]
-    return float(sacrebleu.corpus_bleu(hyps, streams).score)
+def lora_postprocess(text):
+    """LoRA's gpt2_decode.py --tokenize --lower, applied to outputs and references before eval.py:
+    lower-case, then every non-word character (Unicode \\W) its own token."""
+    return " ".join(" ".join(re.split(r"(\W)", text.lower())).split())
 
 
-def mean_best_ter(hyps, refs):
-    """GenerationEval's TER: per sentence the lowest TER against any single reference (edits /
-    that reference's length), averaged over sentences; text tokenized with 13a first."""
-    from sacrebleu.metrics import TER
-    from sacrebleu.tokenizers.tokenizer_13a import Tokenizer13a
-    tok, ter = Tokenizer13a(), TER()
+def lora_files(hyps, refs, num_refs=LORA_NUM_REFS):
+    """What gpt2_decode.py writes: post-processed text, exactly num_refs references per input (the
+    first num_refs; missing ones filled with the first reference)."""
+    return ([lora_postprocess(h) for h in hyps],
+            [[lora_postprocess(rs[i] if i < len(rs) else rs[0]) for i in range(num_refs)] for rs in refs])
+
+
+def multi_bleu_detok(hyps, refs, lowercase=False):
+    """Corpus BLEU (0-100) as moses' multi-bleu-detok.perl computes it (GenerationEval prints it with
+    2 decimals): mteval-v13a tokenization, case-sensitive, on bytes (only ASCII whitespace splits);
+    closest reference length, ties to the shorter; no smoothing, so BLEU is 0 when any 1-4-gram
+    precision is 0. Where the script fails (every output empty: division by zero), 0.0."""
+    def tok(text):
+        return mteval_tokenize(text, lower=lowercase, space=_ASCII_SPACE)  # (-lc: ASCII only, as Perl's lc)
+    correct, total, hyp_len, ref_len = [0] * 5, [0] * 5, 0, 0
+    for h, rs in zip(hyps, refs):
+        words = tok(h)
+        best, closest = Counter(), (9999, 9999)
+        for r in rs:
+            r = tok(r)
+            closest = min(closest, (abs(len(words) - len(r)), len(r)))
+            for g, c in _ngrams(r, 4).items():
+                best[g] = max(best[g], c)
+        hyp_len, ref_len = hyp_len + len(words), ref_len + closest[1]
+        for g, c in _ngrams(words, 4).items():
+            total[len(g)] += c
+            correct[len(g)] += min(c, best[g])
+    if ref_len == 0 or hyp_len == 0:
+        return 0.0
+    if 0 in correct[1:]:
+        return 0.0
+    bp = math.exp(1 - ref_len / hyp_len) if hyp_len < ref_len else 1.0
+    return 100 * bp * math.exp(sum(math.log(correct[n] / total[n]) for n in range(1, 5)) / 4)
+
+
+def nltk_word_tokenize(text, sentences=True):
+    """nltk.word_tokenize, as eval.py tokenizes for TER. It splits sentences with Punkt's English
+    model when nltk's data holds it; without that data, with an untrained Punkt (which knows no
+    abbreviations: 'St. Louis' ends a sentence there and splits off 'St.''s period). sentences=False
+    tokenizes the line as one sentence (identical on lora_postprocess'd text, whose periods are
+    tokens already)."""
+    from nltk.tokenize import NLTKWordTokenizer
+    global _sent_split
+    if not sentences:
+        return NLTKWordTokenizer().tokenize(text)
+    if _sent_split is None:
+        import nltk
+        try:
+            nltk.sent_tokenize("A test. Another.")
+            _sent_split = nltk.sent_tokenize
+        except LookupError:
+            from nltk.tokenize.punkt import PunktSentenceTokenizer
+            _sent_split = PunktSentenceTokenizer().tokenize
+    return [t for s in _sent_split(text) for t in NLTKWordTokenizer().tokenize(s)]
+
+
+_sent_split = None
+
+
+def _levenshtein_rows(words, ref, rows, start):
+    """Extend rows (rows[i] = distances of words[:i] to every prefix of ref) from row `start` on."""
+    del rows[start + 1:]
+    for w in words[start:]:
+        prev, row = rows[-1], [rows[-1][0] + 1]
+        for j, r in enumerate(ref):
+            row.append(min(prev[j + 1] + 1, row[j] + 1, prev[j] + (w != r)))
+        rows.append(row)
+    return rows
+
+
+def pyter_ter(hyp, ref):
+    """TER as the pyter package computes it (GenerationEval's TER): greedily apply the phrase shift
+    that lowers the word edit distance most (a shift moves hyp[i:i+L], the longest run starting at
+    i that equals ref[j:j+L], i != j, to position j of the remaining words; ties go to the
+    lexicographically largest result), until none lowers it; TER = (shifts + edit distance) / len(ref).
+    Unlike tercom: no shift-length or distance limits, and a shift need not fix a mismatch."""
+    hyp, ref = list(hyp), list(ref)
+    rows = _levenshtein_rows(hyp, ref, [list(range(len(ref) + 1))], 0)
+    shifts = 0
+    while True:
+        base, best = rows[-1][-1], None
+        for i in range(len(hyp)):
+            for j in range(len(ref)):
+                if i == j or hyp[i] != ref[j]:
+                    continue
+                n = 1
+                while i + n < len(hyp) and j + n < len(ref) and hyp[i + n] == ref[j + n]:
+                    n += 1
+                moved = hyp[:i] + hyp[i + n:]
+                moved[j:j] = hyp[i:i + n]
+                start = min(i, j)  # words before both positions are unchanged: reuse their rows
+                dist = _levenshtein_rows(moved, ref, [list(r) for r in rows[:start + 1]], start)[-1][-1]
+                if best is None or (base - dist, moved) > best[:2]:
+                    best = (base - dist, moved)
+        if best is None or best[0] <= 0:
+            return (shifts + rows[-1][-1]) / len(ref)
+        shifts, hyp = shifts + 1, best[1]
+        rows = _levenshtein_rows(hyp, ref, [rows[0]], 0)
+
+
+def generationeval_ter(hyps, refs, sentences=True, trailing_line=True):
+    """eval.py's ter_score: per output the lowest pyter TER against any of its references (an empty
+    reference counts 1), on nltk-tokenized text, averaged. eval.py splits its input files on '\\n',
+    so files ending in a newline (as gpt2_decode.py writes them) add one empty output with empty
+    references, scoring 1: trailing_line=True reproduces that."""
     scores = []
     for h, rs in zip(hyps, refs):
-        h = tok(h)
-        scores.append(min(ter.sentence_score(h, [tok(r)]).score / 100 if r.strip() else 1.0 for r in rs))
+        h = " ".join(nltk_word_tokenize(h, sentences)).split()
+        best = 1.0
+        for r in set(rs):
+            r = " ".join(nltk_word_tokenize(r, sentences))
+            best = min(best, pyter_ter(h, r.split()) if r else 1.0)
+        scores.append(best)
+    if trailing_line:
+        scores.append(1.0)
     return sum(scores) / len(scores)
+
+
+def generationeval(hyps, refs, lora=True):
+    """BLEU (0-100) and TER (fraction) as GenerationEval's eval.py reports them. lora=True: on the
+    files LoRA's pipeline hands it (lora_files: lower-cased, \\W-split, 6 references), as the SPDF
+    and LoRA papers score; lora=False: eval.py on the raw text, case-sensitive, every reference."""
+    if lora:
+        hyps, refs = lora_files(hyps, refs)
+    return dict(bleu=multi_bleu_detok(hyps, refs), ter=generationeval_ter(hyps, refs, sentences=not lora))
 
 
 def nlg_metrics(task, hyps, refs, seen=None):
@@ -179,7 +300,7 @@ def nlg_metrics(task, hyps, refs, seen=None):
         return dict(bleu=100 * bleu, nist=nist, **coco_scores(hyps, refs))
 
     def score(h, r):
-        return dict(bleu=sacre_bleu(h, r), **coco_scores(h, r, which=("meteor",)), ter=mean_best_ter(h, r))
+        return dict(**generationeval(h, r), **coco_scores(h, r, which=("meteor",)))
 
     out = score(hyps, refs)
     if task == "webnlg" and seen is not None:

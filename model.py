@@ -1,6 +1,6 @@
 """
 A GPT in the nanoGPT manner: learned positions, pre-LayerNorm blocks, causal SDPA attention,
-GELU MLP of width 4d, LM head tied to the token embedding, biases everywhere but the head.
+GELU MLP of width 4d (exact, or GPT-2's tanh approximation), LM head tied to the token embedding, biases everywhere but the head.
 
 The model is plain and dense. Sparsity lives in sparsity.py as masks over the six block
 matrices, which are separate nn.Linear modules here (q, k, v, attention output, MLP in, MLP
@@ -23,18 +23,29 @@ class GPTConfig:
     n_head: int = 12
     n_embd: int = 768
     dropout: float = 0.0
+    # "gelu": exact erf GELU (the default: checkpoints saved before this field behave as before);
+    # "gelu_tanh": the tanh approximation OpenAI's GPT-2 was trained with (HF's "gelu_new")
+    activation: str = "gelu"
 
+    def __post_init__(self):
+        assert self.activation in ACTIVATIONS, f"unknown activation {self.activation!r}"
+
+
+ACTIVATIONS = {"gelu": "none", "gelu_tanh": "tanh"}  # -> F.gelu's `approximate`
 
 PRESETS = {
-    # CPU toys: embedding-dominated but real GPTs with the GPT-2 vocabulary
+    # CPU toys: embedding-dominated but real GPTs with the GPT-2 vocabulary; exact GELU
     "tiny": GPTConfig(block_size=128, n_layer=2, n_head=4, n_embd=128),
     "mini": GPTConfig(block_size=256, n_layer=6, n_head=6, n_embd=384),
     # the CPU reproduction's: 4 blocks hold 16 % of the parameters (tiny's 2 hold 6 %), so block
     # sparsity can show in the loss, while a 2-core CPU still pre-trains it in minutes
     "cpu": GPTConfig(block_size=128, n_layer=4, n_head=6, n_embd=192),
-    # the paper's two models (supplement Table 1)
+    # the paper's two models (supplement Table 1), trained from scratch: exact GELU, as the Cerebras
+    # reference configs (nonlinearity "gelu"); 2048 positions
     "gpt2-small": GPTConfig(block_size=2048, n_layer=12, n_head=12, n_embd=768),
     "gpt3-xl": GPTConfig(block_size=2048, n_layer=24, n_head=16, n_embd=2048),
+    # OpenAI's GPT-2 shapes (1024 positions, tanh GELU) are not presets: --init_from=gpt2 (hf.py)
+    # takes shape, activation and weights from the released checkpoint
 }
 
 
@@ -77,9 +88,13 @@ class MLP(nn.Module):
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd)
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd)
         self.dropout = nn.Dropout(config.dropout)
+        self.approximate = ACTIVATIONS[config.activation]
+
+    def act(self, h):
+        return F.gelu(h, approximate=self.approximate)
 
     def forward(self, x):
-        return self.dropout(self.c_proj(F.gelu(self.c_fc(x))))
+        return self.dropout(self.c_proj(self.act(self.c_fc(x))))
 
 
 class Block(nn.Module):
@@ -127,11 +142,10 @@ class GPT(nn.Module):
     def num_params(self):
         return sum(p.numel() for p in self.parameters())  # tied weights are counted once
 
-    def forward(self, idx, targets=None, kv_caches=None, pos_offset=0, loss_mask=None, prefix_embeds=None,
-                positions=None):
+    def forward(self, idx, targets=None, kv_caches=None, pos_offset=0, prefix_embeds=None, positions=None):
         """
-        idx (B, T) token ids. With targets, also returns the mean cross-entropy over positions
-        where loss_mask is True (all positions if None). kv_caches: one [k, v] list per layer,
+        idx (B, T) token ids. With targets, also returns the mean cross-entropy over all positions
+        (finetune.completion_loss counts completion tokens only). kv_caches: one [k, v] list per layer,
         filled in place during generation; pos_offset is the number of positions already cached.
         prefix_embeds (B or 1, N, n_embd): a soft prompt (finetune.py), N vectors that take
         positions pos_offset.. before the tokens; logits (and loss) cover the T tokens only.
@@ -157,12 +171,8 @@ class GPT(nn.Module):
         if targets is None:
             return self.lm_head(x), None
         logits = self.lm_head(x)
-        loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1),
-                               reduction="none")
-        if loss_mask is None:
-            return logits, loss.mean()
-        loss_mask = loss_mask.reshape(-1).float()
-        return logits, (loss * loss_mask).sum() / loss_mask.sum().clamp(min=1)
+        loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), reduction="none")
+        return logits, loss.mean()
 
     def new_kv_caches(self):
         return [[None, None] for _ in range(self.config.n_layer)]

@@ -20,15 +20,17 @@ metric, selection rule and schedule are not public. Our choices, each a guess:
 - only in training mode: evaluation and generation run the dense model.
 
 Install with `Omitter(model)` (it patches the forwards of the blocks' attn and mlp modules; the
-weights and state_dict are untouched) and call `set_rate(r)` before each step.
+weights and state_dict are untouched) and call `set_rate(r)` before each step (pretrain.py:
+`step(iter_num, cfg)`, which follows --omit_rate and --omit_schedule).
 `python omission.py --bench` measures a training step's time and FLOPs against dense.
 """
 import math
-import sys
 import time
 
 import torch
 import torch.nn.functional as F
+
+from common import check, parse_config, run_cli
 
 LADDER = (1.0, 2 / 3, 1 / 3, 0.0)
 
@@ -40,10 +42,21 @@ def parse_schedule(spec):
     try:
         rungs = tuple(float(v) for v in spec.split(","))
     except ValueError:
-        raise ValueError(f"--omit_schedule must be 'ladder' or comma-separated numbers, got {spec!r}")
-    if not all(0.0 <= r <= 1.0 for r in rungs) or rungs[-1] != 0.0:
-        raise ValueError(f"--omit_schedule multipliers must lie in [0, 1] and end in 0, got {spec!r}")
+        rungs = ()
+    check(rungs, f"--omit_schedule must be 'ladder' or comma-separated numbers, got {spec!r}")
+    check(all(0.0 <= r <= 1.0 for r in rungs) and rungs[-1] == 0.0,
+          f"--omit_schedule multipliers must lie in [0, 1] and end in 0, got {spec!r}")
     return rungs
+
+
+def validate(cfg):
+    """pretrain.py's omission settings."""
+    check(0.0 <= cfg["omit_rate"] < 1.0, f"--omit_rate must be in [0, 1), got {cfg['omit_rate']}")
+    check(not (cfg["omit_rate"] and cfg["compile"]), "--omit_rate does not work with --compile")
+    check(not (cfg["omit_rate"] and cfg["fsdp"]), "--omit_rate does not work with --fsdp")
+    check(not (cfg["omit_rate"] and cfg["activation_checkpointing"]),  # the recompute would observe twice
+          "--omit_rate does not work with --activation_checkpointing")
+    parse_schedule(cfg["omit_schedule"])
 
 
 def rate_at(it, max_iters, omit_rate, rungs):
@@ -76,6 +89,10 @@ class Omitter:
         self.mlp_keep = [top(imp) for imp in self.mlp_imp]
         self.head_keep = [top(imp) for imp in self.head_imp] if self.heads else self.head_keep
 
+    def step(self, it, cfg):
+        """The rate of pre-training iteration `it` under cfg's omit_rate, omit_schedule and max_iters."""
+        self.set_rate(rate_at(it, cfg["max_iters"], cfg["omit_rate"], parse_schedule(cfg["omit_schedule"])))
+
     def kept_fraction(self):
         """(MLP channels kept, heads kept), as fractions averaged over layers."""
         def frac(keeps, n):
@@ -95,10 +112,10 @@ class Omitter:
         def forward(x):
             keep = self.mlp_keep[i] if mlp.training else None
             if keep is None:
-                h = F.gelu(mlp.c_fc(x))
+                h = mlp.act(mlp.c_fc(x))
                 out = mlp.c_proj(h)
             else:  # only the kept channels: rows of c_fc, columns of c_proj
-                h = F.gelu(F.linear(x, mlp.c_fc.weight[keep], mlp.c_fc.bias[keep]))
+                h = mlp.act(F.linear(x, mlp.c_fc.weight[keep], mlp.c_fc.bias[keep]))
                 out = F.linear(h, mlp.c_proj.weight[:, keep], mlp.c_proj.bias)
             if mlp.training:
                 self._observe(self.mlp_imp, i, keep, h.detach().abs().flatten(0, -2).mean(0))
@@ -147,7 +164,8 @@ class Omitter:
 # -----------------------------------------------------------------------------
 # benchmark: a training step (forward, backward, AdamW) of the whole GPT, dense against omission
 
-BENCH = dict(model="mini", batch_size=4, block_size=256, rates="0.25,0.5,0.75", iters=6, threads=0, seed=0,
+BENCH = dict(bench=False,  # required: the benchmark is this file's only command
+             model="mini", batch_size=4, block_size=256, rates="0.25,0.5,0.75", iters=6, threads=0, seed=0,
              parts="model,blocks")  # whole model and/or the transformer blocks alone
 
 
@@ -169,11 +187,12 @@ def train_step_flops(model, x, y, blocks_only=False):
     return counter.get_total_flops()
 
 
-def bench(argv):
-    from common import parse_config
-    from model import GPT, PRESETS
+def main(argv):
     from dataclasses import replace
+    from model import GPT, PRESETS
     cfg, _ = parse_config(BENCH, argv)
+    check(cfg["bench"], "usage: python omission.py --bench [--model=mini --batch_size=4 --block_size=256 "
+          "--rates=0.25,0.5,0.75 --iters=6 --threads=0 --parts=model,blocks]")
     if cfg["threads"]:
         torch.set_num_threads(cfg["threads"])
     torch.manual_seed(cfg["seed"])
@@ -221,8 +240,4 @@ def bench(argv):
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] != ["--bench"]:
-        sys.exit("usage: python omission.py --bench [--model=mini --batch_size=4 --block_size=256 "
-                 "--rates=0.25,0.5,0.75 --iters=6 --threads=0 --parts=model,blocks]")
-    from common import run_cli
-    run_cli(lambda argv: bench(argv[1:]))
+    run_cli(main)

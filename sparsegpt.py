@@ -27,16 +27,26 @@ dense block, the six are pruned, and the block is re-run so block i+1 is calibra
 pruned block's outputs. Embeddings, LayerNorms, biases and the LM head are left dense.
 All the math is float32, whatever the model's dtype.
 
-  python sparsegpt.py --ckpt=out/ckpt.pt --sparsity=0.5 [--prune_n=2 --prune_m=4]   # one-shot val loss:
-                                                       # dense vs magnitude vs SparseGPT
+As a pipeline step (the Sparse Llama recipe: prune a dense model, then continue sparse pre-training):
+
+  python sparsegpt.py --ckpt=out/ckpt.pt --sparsity=0.5 --out=pruned.pt [--prune_n=2 --prune_m=4]
+  python pretrain.py --init_from=pruned.pt --out_dir=out-sparse   # sparse pre-training with its masks
+  python sparsegpt.py --ckpt=out/ckpt.pt --sparsity=0.5   # one-shot val loss: dense vs magnitude vs SparseGPT
+
+--out writes an ordinary checkpoint (common.load_model): the pruned weights, their masks and a config.
+--ckpt may also be a Hugging Face GPT-2 (gpt2, gpt2-medium, ... or a local folder: docs/hf.md); it
+names no pre-training data, so pass --dataset (and --data_dir) for the calibration and validation windows.
 """
+import copy
 import math
+import os
+from dataclasses import asdict
 
 import torch
 
 import sparsity as sp
-
-SPARSE_MODULES = ("attn.q_proj", "attn.k_proj", "attn.v_proj", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
+from common import check, check_output_file, load_model, parse_config, pick_device, run_cli, save_checkpoint
+from data.prepare import ensure_prepared, load_tokens
 
 
 @torch.no_grad()
@@ -133,7 +143,7 @@ def prune(model, calib_batches, sparsity, prune_n=0, prune_m=0, blocksize=128, p
         xs.append(tr.drop(tr.wte(idx) + tr.wpe(torch.arange(idx.shape[1], device=device))))
     masks = {}
     for i, block in enumerate(tr.h):
-        linears = {name: block.get_submodule(name) for name in SPARSE_MODULES}
+        linears = {name: block.get_submodule(name) for name in sp.SPARSE_MATRICES}
         hooks = {name: HessianHook(lin) for name, lin in linears.items()}
         for x in xs:  # all six Hessians from the still dense block
             block(x)
@@ -158,50 +168,57 @@ def relative_error(W, W_new, H):
     return math.sqrt(float(((D @ H) * D).sum()) / float(((W.float() @ H) * W.float()).sum()))
 
 
-def magnitude_error(W, H, sparsity):
-    """The same error for magnitude pruning (sparsity.magnitude_mask), for comparison."""
-    mask = sp.magnitude_mask(W, sparsity).to(W.device)
-    return relative_error(W, W * mask, H)
-
-
-def validate_pattern(sparsity, prune_n, prune_m):
-    """The n:m settings as a (bool, message) pair: n:m fixes the sparsity to n/m."""
+def check_pattern(sparsity, prune_n, prune_m):
+    """The n:m settings: 0 < n < m, and n:m fixes the sparsity to n/m."""
     if not prune_n and not prune_m:
-        return True, ""
-    if not (0 < prune_n < prune_m):
-        return False, f"--prune_n/--prune_m must satisfy 0 < n < m, got {prune_n}:{prune_m}"
-    if abs(sparsity - prune_n / prune_m) > 1e-9:
-        return False, f"--prune_n={prune_n} --prune_m={prune_m} means --sparsity={prune_n / prune_m:g}, got {sparsity}"
-    return True, ""
+        return
+    check(0 < prune_n < prune_m, f"--prune_n/--prune_m must satisfy 0 < n < m, got {prune_n}:{prune_m}")
+    check(abs(sparsity - prune_n / prune_m) <= 1e-9,
+          f"--prune_n={prune_n} --prune_m={prune_m} means --sparsity={prune_n / prune_m:g}, got {sparsity}")
+
+
+def magnitude_prune(model, sparsity, prune_n=0, prune_m=0):
+    """The baseline, in place: zero the smallest |w| of every sparsifiable matrix (n:m: of each group of m)."""
+    params = dict(model.named_parameters())
+    for name in sp.sparsifiable(model):
+        p = params[name]
+        if prune_n:
+            groups = p.detach().abs().view(p.shape[0], -1, prune_m)
+            drop = groups.topk(prune_n, dim=-1, largest=False).indices
+            keep = torch.ones_like(groups, dtype=torch.bool).scatter_(-1, drop, False).view(p.shape)
+        else:
+            keep = sp.magnitude_mask(p, sparsity).to(p.device)
+        p.data.mul_(keep)
 
 
 # -----------------------------------------------------------------------------
-# one-shot comparison: validation loss of a checkpoint dense, magnitude-pruned and SparseGPT-pruned
+# the command: prune a checkpoint (--out) and/or compare its validation loss dense, magnitude-pruned
+# and SparseGPT-pruned
 
-COMPARE = dict(ckpt="", sparsity=0.5, prune_n=0, prune_m=0, calib_samples=128, eval_batches=20,
-               batch_size=8, dataset="", data_dir="", seed=0, device="cpu")
+DEFAULTS = dict(ckpt="", sparsity=0.5, prune_n=0, prune_m=0, calib_samples=128, eval_batches=20,
+                batch_size=8, dataset="", data_dir="", seed=0, device="cpu",
+                out="")  # write the pruned checkpoint here (then the magnitude row is skipped)
 
 
 def main(argv):
-    import copy
-    from common import check, load_checkpoint, load_weights, parse_config, pick_device
-    from data.prepare import ensure_prepared, load_tokens
-    from model import GPT, GPTConfig
-    cfg, _ = parse_config(COMPARE, argv)
-    check(cfg["ckpt"], "usage: python sparsegpt.py --ckpt=PATH [--sparsity=0.5 --prune_n=2 --prune_m=4 ...]")
+    cfg, _ = parse_config(DEFAULTS, argv)
+    check(cfg["ckpt"], "usage: python sparsegpt.py --ckpt=PATH [--sparsity=0.5 --prune_n=2 --prune_m=4 "
+          "--out=pruned.pt ...]")
     check(0 < cfg["sparsity"] < 1, f"--sparsity must be in (0, 1), got {cfg['sparsity']}")
-    check(*validate_pattern(cfg["sparsity"], cfg["prune_n"], cfg["prune_m"]))
+    check_pattern(cfg["sparsity"], cfg["prune_n"], cfg["prune_m"])
     for key in ("calib_samples", "eval_batches", "batch_size"):
         check(cfg[key] >= 1, f"--{key} must be at least 1, got {cfg[key]}")
+    if cfg["out"]:  # checked before any work; a pruned checkpoint never replaces a file
+        check_output_file(cfg["out"], "--out")
+        check(not os.path.exists(cfg["out"]), f"--out {cfg['out']} exists: choose another path (saved work "
+              "is never overwritten)")
     cfg["device"] = pick_device(cfg["device"])
-    ckpt = load_checkpoint(cfg["ckpt"])
+    model, ckpt = load_model(cfg["ckpt"])
     saved = ckpt.get("pretrain_config") or ckpt.get("config") or {}  # a fine-tuned checkpoint: its pre-training's
     dataset = cfg["dataset"] or saved.get("dataset")
     check(dataset, f"{cfg['ckpt']} does not name its pre-training dataset: pass --dataset=NAME")
     data_dir = cfg["data_dir"] or saved.get("data_dir") or None
     ensure_prepared(dataset, data_dir)
-    model = GPT(GPTConfig(**ckpt["model_config"]))
-    load_weights(model, ckpt["model"], cfg["ckpt"])
     model.to(cfg["device"]).eval()
     T = model.config.block_size
     val = calibration_batches(load_tokens(dataset, "val", data_dir), cfg["eval_batches"] * cfg["batch_size"],
@@ -215,17 +232,10 @@ def main(argv):
 
     pattern = f"{cfg['prune_n']}:{cfg['prune_m']}" if cfg["prune_n"] else f"{cfg['sparsity']:.0%} unstructured"
     rows = [("dense", val_loss(model))]
-    mag = copy.deepcopy(model)
-    for name, p in mag.named_parameters():
-        if name in sp.sparsifiable(mag):
-            if cfg["prune_n"]:  # magnitude n:m: the n smallest |w| of each group of m inputs
-                groups = p.detach().abs().view(p.shape[0], -1, cfg["prune_m"])
-                drop = groups.topk(cfg["prune_n"], dim=-1, largest=False).indices
-                keep = torch.ones_like(groups, dtype=torch.bool).scatter_(-1, drop, False).view(p.shape)
-            else:
-                keep = sp.magnitude_mask(p, cfg["sparsity"]).to(p.device)
-            p.data.mul_(keep)
-    rows.append((f"magnitude {pattern}", val_loss(mag)))
+    if not cfg["out"]:
+        mag = copy.deepcopy(model)
+        magnitude_prune(mag, cfg["sparsity"], cfg["prune_n"], cfg["prune_m"])
+        rows.append((f"magnitude {pattern}", val_loss(mag)))
     masks = prune(model, calib, cfg["sparsity"], cfg["prune_n"], cfg["prune_m"])
     check(sp.check_masked(model, sp.masks_to(masks, cfg["device"])), "a pruned weight is non-zero")
     rows.append((f"sparsegpt {pattern}", val_loss(model)))
@@ -233,9 +243,14 @@ def main(argv):
           f"{cfg['calib_samples']} calibration sequences)")
     for label, loss in rows:
         print(f"{label:28s} val loss {loss:.4f}  ppl {math.exp(loss):9.2f}")
+    if cfg["out"]:  # an ordinary checkpoint: pretrain.py --init_from=<out> keeps its masks
+        config = {**saved, "sparsity": cfg["sparsity"], "pruned_by": "sparsegpt",
+                  **{k: cfg[k] for k in ("prune_n", "prune_m", "calib_samples")}, "pruned_from": str(cfg["ckpt"])}
+        save_checkpoint(dict(model={k: v.cpu() for k, v in model.state_dict().items()}, masks=masks,
+                             model_config=asdict(model.config), config=config), cfg["out"])
+        print(f"wrote {cfg['out']}: the pruned weights and their masks")
     return dict(rows)
 
 
 if __name__ == "__main__":
-    from common import run_cli
     run_cli(main)

@@ -7,24 +7,26 @@ Static unstructured sparsity, as in SPDF (paper §2.2, supplement A.1).
 - Masks: bool tensors, True = kept, one per selected parameter, keyed by parameter name. The
   `random` method zeroes exactly round(s * numel) entries of every matrix, from a generator
   seeded by (seed, parameter name): every DDP rank, every resume and every device agrees.
-- The invariant: masked weights are exactly 0 for the whole run. The training loop calls
-  `mask_grads` after backward and `apply_masks` after each optimizer step; `mask_optimizer_state`
-  clears Adam moments whenever masks are (re)installed, so momentum, weight decay or a
-  stale moment can never revive a pruned weight.
+- The invariant: masked weights are exactly 0 for the whole run. Every training loop steps with
+  `optimizer_step`: mask the gradients, clip, AdamW, re-mask (`mask_grads` before the step,
+  `apply_masks` after it); `mask_optimizer_state` clears Adam moments whenever masks are
+  (re)installed, so momentum, weight decay or a stale moment can never revive a pruned weight.
 - Dense fine-tuning just drops the masks: pruned weights are already 0 and simply start to learn.
 """
 import zlib
 
 import torch
 
-SPARSE_SUFFIXES = ("attn.q_proj.weight", "attn.k_proj.weight", "attn.v_proj.weight",
-                   "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+# the six matrices of every block, as module names inside a block; the paper's W_Q, W_K, W_V,
+# W_D (attention output), W_I and W_O (MLP in and out)
+SPARSE_MATRICES = ("attn.q_proj", "attn.k_proj", "attn.v_proj", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
 
 
 def sparsifiable(model):
     """Names of the parameters SPDF sparsifies: the six matrices of each transformer block."""
+    suffixes = tuple(f"{m}.weight" for m in SPARSE_MATRICES)
     return [name for name, _ in model.named_parameters()
-            if name.startswith("transformer.h.") and name.endswith(SPARSE_SUFFIXES)]
+            if name.startswith("transformer.h.") and name.endswith(suffixes)]
 
 
 def _generator(seed, name):
@@ -100,6 +102,25 @@ def mask_optimizer_state(optimizer, model, masks):
         for value in optimizer.state.get(params[name], {}).values():
             if torch.is_tensor(value) and value.shape == mask.shape:
                 value.mul_(mask)
+
+
+def optimizer_step(optimizer, model, masks, grad_clip, params=None, phase=None):
+    """
+    SPDF's optimizer step, the one every loop takes: mask the gradients (Adam's moments at pruned
+    entries stay 0), clip `params` (default: the model's), AdamW, re-mask (AdamW's decoupled weight
+    decay touches every entry), zero the gradients. Returns the gradient norm before clipping (computed
+    even when grad_clip <= 0, which clips nothing), for the caller's divergence check.
+    phase(name, fn) may wrap each part and must return fn's result (bench.py times them).
+    """
+    phase = phase or (lambda name, fn: fn())
+    phase("mask gradients", lambda: mask_grads(model, masks))
+    params = model.parameters() if params is None else params
+    limit = grad_clip if grad_clip > 0 else float("inf")
+    grad_norm = phase("clip", lambda: torch.nn.utils.clip_grad_norm_(params, limit))
+    phase("AdamW", optimizer.step)
+    phase("re-mask", lambda: apply_masks(model, masks))
+    phase("zero_grad", lambda: optimizer.zero_grad(set_to_none=True))
+    return grad_norm
 
 
 def check_masked(model, masks):

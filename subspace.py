@@ -8,21 +8,21 @@ matrices, per layer and per matrix:
   FC1, FC2  MLP input and output projections        (paper: W_I, W_O)
 
   python subspace.py out/ckpt.pt out-ft/ckpt.pt --png subspace.png [--json subspace.json]
+  python subspace.py --pretrained=out/ckpt.pt --finetuned=out-ft/ckpt.pt --png=subspace.png
 
 Both checkpoints need the 'model' and 'model_config' keys (pretrain.py and finetune.py write
 them) and the same architecture; extra parameters (e.g. a soft prompt) are ignored. A sparse
 pre-trained checkpoint's zeros count as values: dense fine-tuning that grows them moves W.
 The PNG is drawn with matplotlib (Agg backend, no display needed).
 """
-import argparse
 import json
 
 import torch
 
-from common import UsageError, check, check_output_file, load_checkpoint, run_cli
+from common import check, check_output_file, load_checkpoint, parse_config, run_cli
+from sparsity import SPARSE_MATRICES
 
-MATRICES = {"Q": "attn.q_proj", "K": "attn.k_proj", "V": "attn.v_proj", "O": "attn.c_proj",
-            "FC1": "mlp.c_fc", "FC2": "mlp.c_proj"}
+MATRICES = dict(zip(("Q", "K", "V", "O", "FC1", "FC2"), SPARSE_MATRICES))  # label -> module in a block
 ARCH_KEYS = ("n_layer", "n_head", "n_embd", "vocab_size")
 
 
@@ -83,28 +83,29 @@ def heatmap(dist, path, title):
     plt.close(fig)
 
 
+DEFAULTS = dict(pretrained="", finetuned="",  # the two checkpoints, also as the first two arguments
+                png="",   # write a heatmap here
+                json="")  # write the distances here
+
+
 def main(argv):
-    parser = argparse.ArgumentParser(description="cosine distance of block matrices, pre-trained vs fine-tuned")
-    parser.add_argument("pretrained")
-    parser.add_argument("finetuned")
-    parser.add_argument("--png", help="write a heatmap here")
-    parser.add_argument("--json", help="write the distances here")
-    parser.error = lambda msg: (_ for _ in ()).throw(UsageError(msg))  # one-line errors via run_cli
-    args = parser.parse_args(argv)
-    for flag, path in (("--png", args.png), ("--json", args.json)):
-        if path is not None:
-            check_output_file(path, flag)
-    pre, ft = load_checkpoint(args.pretrained), load_checkpoint(args.finetuned)
+    cfg, _ = parse_config(DEFAULTS, argv, positional=("pretrained", "finetuned"))
+    check(cfg["pretrained"] and cfg["finetuned"],
+          "usage: python subspace.py PRETRAINED_CKPT FINETUNED_CKPT [--png PATH] [--json PATH]")
+    for flag in ("png", "json"):  # checked before any work
+        if cfg[flag]:
+            check_output_file(cfg[flag], f"--{flag}")
+    pre, ft = load_checkpoint(cfg["pretrained"]), load_checkpoint(cfg["finetuned"])
     dist = distances(pre, ft)
     sparsity = pre.get("config", {}).get("sparsity", 0.0)
-    print(f"cosine distance, {args.pretrained} (sparsity {sparsity:g}) -> {args.finetuned}")
+    print(f"cosine distance, {cfg['pretrained']} (sparsity {sparsity:g}) -> {cfg['finetuned']}")
     print("\n".join(table(dist)))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(dict(pretrained=args.pretrained, finetuned=args.finetuned, distances=dist), f, indent=1)
-    if args.png:
-        heatmap(dist, args.png, f"1 - cos(W_pre, W_ft), pre-training sparsity {sparsity:g}")
-        print(f"heatmap: {args.png}")
+    if cfg["json"]:
+        with open(cfg["json"], "w") as f:
+            json.dump(dict(pretrained=cfg["pretrained"], finetuned=cfg["finetuned"], distances=dist), f, indent=1)
+    if cfg["png"]:
+        heatmap(dist, cfg["png"], f"1 - cos(W_pre, W_ft), pre-training sparsity {sparsity:g}")
+        print(f"heatmap: {cfg['png']}")
     return dist
 
 

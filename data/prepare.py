@@ -16,7 +16,6 @@ import io
 import json
 import lzma
 import os
-import re
 import sys
 from pathlib import Path
 
@@ -24,7 +23,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from common import (UsageError, check, check_writable_dir, fetch, get_tokenizer, mirror_file,  # noqa: E402
-                    read_bin, run_cli)
+                    parse_config, read_bin, run_cli)
 
 DATA_DIR = Path(__file__).resolve().parent
 SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
@@ -242,17 +241,22 @@ def load_tokens(name, split, data_dir=None):
     return read_bin(paths[0]) if len(paths) == 1 else Shards(paths)
 
 
+DEFAULTS = dict(name="",        # the dataset (DATASETS), also as the first argument
+                files="",       # comma-separated input files instead of the default source
+                val_every=100,  # one document in val_every goes to val.bin
+                out_dir="",     # "" = data/<name>
+                workers=1)      # processes, one per input file
+
+
 def main(argv):
-    check(len(argv) >= 1 and not argv[0].startswith("--"),
-          f"usage: python data/prepare.py NAME [--files=a,b] [--val_every=100] [--workers=N] (NAME: {', '.join(DATASETS)})")
-    opts = dict(a[2:].split("=", 1) for a in argv[1:] if a.startswith("--") and "=" in a)
-    unknown = set(opts) - {"files", "val_every", "out_dir", "workers"}
-    check(not unknown and len(opts) == len(argv) - 1, f"unknown option(s): {' '.join(argv[1:])}")
-    files = [f for f in opts.get("files", "").split(",") if f]
-    check(opts.get("out_dir", "default") != "", "--out_dir is empty")
-    for key, default in (("val_every", "100"), ("workers", "1")):
-        check(re.fullmatch(r"[1-9]\d*", opts.get(key, default)) is not None, f"--{key} must be a positive integer")
-    prepare(argv[0], files, int(opts.get("val_every", 100)), opts.get("out_dir"), int(opts.get("workers", 1)))
+    cfg, overrides = parse_config(DEFAULTS, argv, positional=("name",))
+    check(cfg["name"], f"usage: python data/prepare.py NAME [--files=a,b] [--val_every=100] [--workers=N] "
+          f"(NAME: {', '.join(DATASETS)})")
+    check(overrides.get("out_dir") != "", "--out_dir is empty")
+    for key in ("val_every", "workers"):
+        check(cfg[key] >= 1, f"--{key} must be a positive integer")
+    files = [f for f in cfg["files"].split(",") if f]
+    prepare(cfg["name"], files, cfg["val_every"], cfg["out_dir"] or None, cfg["workers"])
 
 
 if __name__ == "__main__":

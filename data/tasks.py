@@ -21,9 +21,7 @@ import random
 import sys
 from pathlib import Path
 
-from common import check, fetch, mirror_file
-
-EOT = 50256  # GPT-2 <|endoftext|>
+from common import EOT, check, fetch, mirror_file
 TASKS = ("e2e", "webnlg", "dart", "curation", "summarization")
 NLG_TASKS = ("e2e", "webnlg", "dart")
 CACHE = Path(__file__).resolve().parent  # downloads go to data/<task>/raw/ (git-ignored)

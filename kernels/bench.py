@@ -3,7 +3,7 @@ Benchmark: dense torch.matmul vs torch.sparse.mm (CSR) vs our CSR kernel, same i
 
     python -m kernels.bench                      # full: 2048 tokens, GPT-2 Small + GPT-3 XL shapes
     python -m kernels.bench --quick              # a short run (GPT-2 Small shapes, 2 sparsities)
-    python -m kernels.bench --json out/kernels.json --threads 2
+    python -m kernels.bench --json out/kernels.json --threads 2 --sparsity 0.75,0.9 --devices cpu
 
 Each layer computes y = x @ W.T with x (tokens, in) and a random unstructured mask of the given
 sparsity. The three methods are timed interleaved (dense, torch.sparse, ours, dense, ...) and
@@ -13,7 +13,6 @@ Then greedy generation: the masked dense GPT against the same GPT converted to S
 tokens per second on the CPU, and whether both produced the same tokens.
 On CUDA (when present) the table adds dense bf16 and ours with bf16 inputs.
 """
-import argparse
 import copy
 import datetime
 import json
@@ -21,10 +20,11 @@ import os
 import platform
 import time
 import warnings
+from types import SimpleNamespace
 
 import torch
 
-from common import UsageError, check, check_output_file, run_cli
+from common import UsageError, check, check_output_file, parse_config, run_cli
 from kernels import csr_matmul, to_csr, to_sparse_model
 
 # (model, layer, out_features, in_features): the MLP matrices, the largest of each model
@@ -110,20 +110,28 @@ def table_line(r, cuda):
     return line + (f" {_fmt(t.get('dense_bf16')):>10s} {_fmt(t.get('ours_bf16'))}" if cuda else "")
 
 
+DEFAULTS = dict(
+    quick=False,            # GPT-2 Small shapes, s=0.75/0.9, 2 repeats, mini model
+    json="",                # also write the results as JSON here
+    threads=2,              # CPU threads (torch.set_num_threads)
+    tokens=2048,
+    sparsity="0.5,0.75,0.9,0.95",
+    repeats=3,
+    devices="",             # comma-separated; "" = cpu, plus cuda when present
+    gen_model="gpt2-small",  # GPT preset for the generation benchmark
+    gen_tokens=32,
+    no_gen=False,           # skip the generation benchmark
+)
+
+
 def main(argv):
-    p = argparse.ArgumentParser(prog="python -m kernels.bench", description=__doc__.split("\n")[1])
-    p.error = lambda msg: (_ for _ in ()).throw(UsageError(msg))  # one-line errors via run_cli
-    p.add_argument("--quick", action="store_true", help="GPT-2 Small shapes, s=0.75/0.9, 2 repeats, mini model")
-    p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
-    p.add_argument("--threads", type=int, default=2, help="CPU threads (torch.set_num_threads)")
-    p.add_argument("--tokens", type=int, default=2048)
-    p.add_argument("--sparsity", type=float, nargs="+", default=[0.5, 0.75, 0.9, 0.95])
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--devices", nargs="+", default=None, help="default: cpu, plus cuda when present")
-    p.add_argument("--gen_model", default="gpt2-small", help="GPT preset for the generation benchmark")
-    p.add_argument("--gen_tokens", type=int, default=32)
-    p.add_argument("--no_gen", action="store_true", help="skip the generation benchmark")
-    args = p.parse_args(argv)
+    cfg, overrides = parse_config(DEFAULTS, argv)
+    try:
+        sparsities = [float(v) for v in str(cfg["sparsity"]).split(",")]
+    except ValueError:
+        sparsities = []
+    check(sparsities, f"--sparsity must be comma-separated numbers, got {cfg['sparsity']!r}")
+    args = SimpleNamespace(**{**cfg, "sparsity": sparsities, "devices": [d for d in cfg["devices"].split(",") if d]})
     if args.quick:
         args.sparsity, args.repeats, args.gen_model, args.gen_tokens = [0.75, 0.9], 2, "mini", 16
     shapes = SHAPES[:2] if args.quick else SHAPES
@@ -138,7 +146,7 @@ def main(argv):
     from model import PRESETS
     check(args.no_gen or args.gen_model in PRESETS, f"unknown --gen_model {args.gen_model!r} (choose from {', '.join(PRESETS)})")
     check(args.gen_tokens >= 1, "--gen_tokens must be positive")
-    if args.json is not None:
+    if "json" in overrides:  # an explicit --json= is an error, not "no file"
         check_output_file(args.json)
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")

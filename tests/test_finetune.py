@@ -124,6 +124,7 @@ def masked_values(model_state, masks):
     return torch.cat([model_state[n][~m].flatten() for n, m in masks.items()])
 
 
+@pytest.mark.slow
 def test_dense_vs_sparse_finetuning_end_to_end(tiny_ckpt, tmp_path, monkeypatch):
     import metrics
     monkeypatch.setattr(metrics.shutil, "which", lambda name: None)  # no JVM start-ups (test_metrics runs METEOR)
@@ -166,6 +167,7 @@ def test_summarization_perplexity(tiny_ckpt, tmp_path):
     assert m["perplexity"] == pytest.approx(math.exp(m["test_loss"])) and m["flops"] > 0
 
 
+@pytest.mark.slow
 def test_cli_errors(tiny_ckpt, tmp_path):
     r = subprocess.run([sys.executable, "finetune.py", "--task=nope", f"--init_from={tiny_ckpt}"],
                        capture_output=True, text=True, cwd=finetune.__file__.rsplit("/", 1)[0])

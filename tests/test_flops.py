@@ -2,6 +2,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from flops import PRESETS, forward_flops, train_flops
 from tests.conftest import ROOT
 
@@ -13,6 +15,7 @@ TABLE2 = {
 }
 
 
+@pytest.mark.slow
 def test_json_reproduces_supplement_table2():
     out = subprocess.run([sys.executable, "flops.py", "--json"], cwd=ROOT, capture_output=True, text=True, check=True)
     rows = json.loads(out.stdout)

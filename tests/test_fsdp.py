@@ -22,11 +22,13 @@ def log(out_dir):
     return [json.loads(line) for line in (out_dir / "log.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_fsdp_run_ends_with_the_same_masks_on_both_ranks(fsdp_run):
     fingerprints = log(fsdp_run)[-1]["rank_fingerprints"]  # [weights, masks] as each rank sees them
     assert len(fingerprints) == 2 and fingerprints[0] == fingerprints[1]
 
 
+@pytest.mark.slow
 def test_fsdp_checkpoint_loads_unsharded_with_exact_masks_and_masked_adam_state(fsdp_run):
     ckpt = load_checkpoint(fsdp_run)
     model = GPT(GPTConfig(**ckpt["model_config"]))
@@ -44,6 +46,7 @@ def test_fsdp_checkpoint_loads_unsharded_with_exact_masks_and_masked_adam_state(
     assert ckpt["iter_num"] == 5 and ckpt["config"]["fsdp"]
 
 
+@pytest.mark.slow
 def test_fsdp_matches_ddp_loss_weights_and_optimizer_state(fsdp_run, ddp_run):
     fsdp, ddp = load_checkpoint(fsdp_run), load_checkpoint(ddp_run)
     assert [r["loss"] for r in log(fsdp_run)] == pytest.approx([r["loss"] for r in log(ddp_run)], abs=1e-6)
@@ -57,6 +60,7 @@ def test_fsdp_matches_ddp_loss_weights_and_optimizer_state(fsdp_run, ddp_run):
             torch.testing.assert_close(fsdp["optimizer"]["state"][i][key], value, atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow
 def test_fsdp_resume_after_interruption_is_bit_identical(fsdp_run, tmp_path, shakespeare_dir):
     cut = [a for a in TWO_PROCESS_RUN if not a.startswith("--max_iters")]
     torchrun_pretrain(tmp_path, shakespeare_dir, *cut, "--fsdp=True", "--max_iters=3", "--lr_decay_iters=5")
@@ -74,6 +78,7 @@ def test_fsdp_rejects_neuron_omission():
         pretrain.validate({**pretrain.DEFAULTS, "fsdp": True, "omit_rate": 0.5})
 
 
+@pytest.mark.slow
 def test_fsdp_resumes_a_ddp_checkpoint(ddp_run, tmp_path, shakespeare_dir):
     cut = [a for a in TWO_PROCESS_RUN if not a.startswith("--max_iters")]
     torchrun_pretrain(tmp_path, shakespeare_dir, *cut, "--max_iters=3", "--lr_decay_iters=5")  # DDP

@@ -45,6 +45,7 @@ def test_csr_round_trip():
 
 @pytest.mark.parametrize("m,k,density", [(64, 48, 0.25), (130, 1100, 0.1), (33, 17, 0.0), (40, 24, 1.0),
                                          (300, 96, 0.05)])
+@pytest.mark.slow
 @pytest.mark.parametrize("n", [1, 5, 16, 63, 64, 130])
 @pytest.mark.parametrize("index", [torch.int32, torch.int16])
 def test_csr_matmul_matches_dense(ext, m, k, density, n, index):
@@ -59,6 +60,7 @@ def test_csr_matmul_matches_dense(ext, m, k, density, n, index):
     torch.testing.assert_close(csr_matmul_reference(c, x), x @ w.t(), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_csr_matmul_batch_noncontiguous_bias_dtype(ext):
     w, b = masked(96, 80, 0.3), torch.randn(96)
     c = to_csr(w)
@@ -75,6 +77,7 @@ def test_csr_matmul_batch_noncontiguous_bias_dtype(ext):
     torch.testing.assert_close(csr_matmul_rowloop(c, xt), xt @ w.t(), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_sddmm_matches_masked_outer_product(ext):
     w = masked(50, 70, 0.2, empty_rows=(3,))
     c = to_csr(w)
@@ -85,6 +88,7 @@ def test_sddmm_matches_masked_outer_product(ext):
     torch.testing.assert_close(sddmm_reference(c, dy, x), expect, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tokens", [3, 77])
 def test_sparse_linear_grads_equal_masked_dense(ext, tokens):
     torch.manual_seed(0)
@@ -115,6 +119,7 @@ def test_sparse_linear_grads_equal_masked_dense(ext, tokens):
     assert sl.dense_weight()[mask].ne(lin.weight.detach()[mask]).any()
 
 
+@pytest.mark.slow
 def test_converted_model_matches_masked_model(ext):
     from model import GPT, PRESETS
     from sparsity import apply_masks, make_masks
@@ -167,6 +172,7 @@ def test_fallback_without_compiler(monkeypatch):
         kernels.csr_matmul(to_csr(w), x)
 
 
+@pytest.mark.slow
 def test_bench_layer_and_cli_errors(ext):
     from common import UsageError
     from kernels import bench

@@ -49,6 +49,7 @@ def test_nist_by_hand():
     assert nist == pytest.approx(1.0 * math.exp(-beta * math.log(0.5) ** 2))
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(mirror_file("e2e/test.txt") is None, reason="needs the data mirror")
 def test_e2e_bleu_nist_match_official_script():
     """Golden values from tuetschek/e2e-metrics' mteval-v13a-sig.pl scoring code (run under Perl on
@@ -64,15 +65,80 @@ def test_e2e_bleu_nist_match_official_script():
     assert own[0] == pytest.approx(1.0) and own[1] == pytest.approx(14.1563, abs=1e-4)
 
 
-def test_sacrebleu_and_ter():
-    refs = [["the cat sat on the mat", "a cat was on the mat"], ["hello there"]]
-    assert metrics.sacre_bleu(["the cat sat on the mat", "hello there"], refs) == pytest.approx(100.0)
-    assert metrics.sacre_bleu(["x y z", "q"], refs) < 5
-    # TER: best single reference per sentence; 1 edit over 4 words, then a perfect match
-    assert metrics.mean_best_ter(["a b c e", "hello there"], [["a b c d", "zzz"], ["hello there"]]) == \
-        pytest.approx((1 / 4 + 0) / 2)
+# WebNLG/DART: GenerationEval's eval.py. Golden numbers from running it (its multi-bleu-detok.perl
+# under Perl, its ter_score with pyter3 0.3 and nltk 3.5 as it pins them; Punkt sentence splitting
+# untrained, as no abbreviation in these texts needs the English model) on files written as LoRA's
+# gpt2_decode.py writes them (6 references, trailing newline; --tokenize --lower for "lora").
+PINNED = dict(
+    hyps=["Alan Bean was born in Wheeler, Texas. He was a test pilot.",
+          "the the the the the the",  # degenerate
+          "",  # empty
+          "ALAN BEAN WAS BORN IN WHEELER, TEXAS.",  # upper-case
+          "alan Bean Was born in wheeler , texas",  # mixed case, pre-tokenized
+          "Aarhus\u00a0Airport serves the city of Aarhus,\u2009Denmark.",  # non-ASCII whitespace
+          "Ciudad Ayala is in México; its population is 1,777,539 people.",
+          "The runway length of Aarhus Airport is 2,702.0 metres (8,865 ft).",
+          "He said \"it's 20-25 £\" -- and can't stop... gonna go!"],
+    refs=[["Alan Bean was born in Wheeler, Texas and served as a test pilot.",
+           "Born in Wheeler, Texas, Alan Bean was a test pilot."],
+          ["The Acharya Institute of Technology is in Bangalore."],
+          ["Aarhus is served by Aarhus Airport.", "Aarhus Airport serves Aarhus."],
+          ["Alan Bean was born in Wheeler, Texas."],
+          ["Alan Bean was born in Wheeler, Texas.", "Wheeler, Texas is the birthplace of Alan Bean."],
+          ["Aarhus Airport serves the city of Aarhus,\u00a0Denmark.",
+           "The city of Aarhus in Denmark is served by Aarhus Airport."],
+          ["Ciudad Ayala, in Mexico, has a population of 1,777,539.",
+           "The population of Ciudad Ayala, México is 1,777,539."],
+          ["Aarhus Airport's runway is 2702.0 metres long.", "The runway at Aarhus Airport is 2,702.0 m long.",
+           "Aarhus Airport has a runway length of 2702.0."],
+          ["He said \"it's 20-25 £\" - and cannot stop... going to go!"]])
+UPPER = dict(hyps=["ALAN BEAN WAS BORN IN WHEELER, TEXAS. HE WAS A TEST PILOT.", "AARHUS AIRPORT SERVES THE CITY OF AARHUS."],
+             refs=[["Alan Bean was born in Wheeler, Texas. He was a test pilot."],
+                   ["Aarhus Airport serves the city of Aarhus.", "Aarhus is served by Aarhus Airport."]])
+ZERO_4GRAM = dict(hyps=["Aarhus Airport serves", "Texas pilot born"],
+                  refs=[["Aarhus Airport serves Aarhus."], ["Alan Bean was born in Texas."]])
 
 
+@pytest.mark.parametrize("case, lora, bleu, ter", [
+    (PINNED, True, 62.74, 0.4497748447204969),  # perl at 10 digits: 62.7413054884
+    (PINNED, False, 36.70, 0.6094444444444445),  # perl at 10 digits: 36.7007561708
+    (UPPER, True, 100.0, 1 / 3),  # lower-cased by LoRA's pipeline: perfect, but for eval.py's extra line
+    (UPPER, False, 0.0, 0.8916666666666666),  # eval.py itself is case-sensitive
+    (ZERO_4GRAM, True, 0.0, 0.7523809523809524),  # no 4-gram match: 0.00, no smoothing
+])
+def test_generationeval_matches_official(case, lora, bleu, ter):
+    nltk = pytest.importorskip("nltk")
+    out = metrics.generationeval(case["hyps"], case["refs"], lora=lora)
+    assert round(out["bleu"], 2) == bleu
+    if lora or nltk.__version__ == "3.5":  # raw text: nltk 3.10 tokenizes some quotes differently
+        assert out["ter"] == pytest.approx(ter, abs=1e-12)
+    if case is PINNED:
+        assert out["bleu"] == pytest.approx(62.7413054884 if lora else 36.7007561708, abs=1e-9)
+
+
+def test_multi_bleu_detok_by_hand():
+    # p1..p4 = 5/5, 3/4, 2/3, 1/2; brevity penalty exp(1 - 6/5); case-sensitive, unlike mteval's
+    assert metrics.multi_bleu_detok(["the cat sat on mat"], [["the cat sat on the mat"]]) == \
+        pytest.approx(100 * (3 / 4 * 2 / 3 * 1 / 2) ** 0.25 * math.exp(-0.2), abs=1e-12)
+    assert metrics.multi_bleu_detok(["The cat sat on the mat"], [["the cat sat on the mat"]]) == \
+        pytest.approx(100 * (5 / 6 * 4 / 5 * 3 / 4 * 2 / 3) ** 0.25, abs=1e-12)
+    assert metrics.multi_bleu_detok([""], [["a b c d"]]) == 0.0  # the Perl script dies here (division by 0)
+    # only ASCII whitespace splits, as in Perl on bytes: "a\xa0b" is one word
+    assert metrics.multi_bleu_detok(["a\xa0b c d e"], [["a\xa0b c d e"]]) == pytest.approx(100.0)
+    assert metrics.multi_bleu_detok(["a\xa0b c d e"], [["a b c d e"]]) < 100
+
+
+def test_pyter_ter_by_hand():
+    ref = "SAUDI ARABIA denied THIS WEEK information published in the AMERICAN new york times".split()
+    hyp = "THIS WEEK THE SAUDIS denied information published in the new york times".split()
+    assert f"{metrics.pyter_ter(hyp, ref):.3f}" == "0.308"  # pyter's own doctest
+    assert metrics.pyter_ter("a b c e".split(), "a b c d".split()) == 1 / 4
+    assert metrics.pyter_ter("c d a b".split(), "a b c d".split()) == 1 / 4  # one shift of a 2-word phrase
+    assert metrics.pyter_ter([], "a b".split()) == 1.0
+    assert metrics.pyter_ter("A b".split(), "a b".split()) == 1 / 2  # case-sensitive
+
+
+@pytest.mark.slow
 def test_coco_scores_and_missing_java(monkeypatch):
     hyps, refs = ["the cat sat on the mat", "a dog runs"], [["the cat sat on the mat"], ["a dog runs"]]
     good = metrics.coco_scores(hyps, refs, which=("rouge_l",) + (("meteor",) if has_java else ()))
@@ -93,5 +159,6 @@ def test_nlg_metrics_keys(monkeypatch):
     assert {"bleu", "nist", "rouge_l", "cider", "meteor_missing"} <= set(e2e)
     web = metrics.nlg_metrics("webnlg", hyps, refs, seen=[True, False])
     assert {"bleu", "ter", "seen", "unseen"} <= set(web)
-    assert web["seen"]["bleu"] == pytest.approx(100.0) and web["seen"]["ter"] == 0.0
-    assert web["unseen"]["ter"] == pytest.approx(1 / 3)
+    # eval.py's extra empty line (TER 1) is part of every (sub)set's mean
+    assert web["seen"]["bleu"] == pytest.approx(100.0) and web["seen"]["ter"] == pytest.approx(1 / 2)
+    assert web["unseen"]["ter"] == pytest.approx((1 / 3 + 1) / 2)

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from common import UsageError, parse_config
+from sparsity import SPARSE_MATRICES
 from tests.conftest import ROOT, run_pretrain
 
-SIX = ("attn.q_proj.weight", "attn.k_proj.weight", "attn.v_proj.weight",
-       "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+SIX = tuple(f"{m}.weight" for m in SPARSE_MATRICES)
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +49,7 @@ def test_sparse_run_spends_fewer_flops_than_dense(sparse_run, tmp_path, shakespe
     assert sparse < dense
 
 
+@pytest.mark.slow
 def test_resume_after_interruption_is_bit_identical(tmp_path, shakespeare_dir):
     common = ["--sparsity=0.5", "--lr_decay_iters=12", "--eval_interval=6", "--dropout=0.1"]
     run_pretrain(tmp_path / "full", shakespeare_dir, *common, "--max_iters=12")
@@ -68,6 +69,7 @@ def test_resume_refuses_to_change_sparsity(tmp_path, shakespeare_dir):
         run_pretrain(tmp_path, shakespeare_dir, "--init_from=resume", "--sparsity=0.75", "--max_iters=2")
 
 
+@pytest.mark.slow
 def test_two_process_ddp_run_ends_identical_on_both_ranks(ddp_run):
     last = json.loads((ddp_run / "log.jsonl").read_text().splitlines()[-1])
     fingerprints = last["rank_fingerprints"]
@@ -81,6 +83,7 @@ def test_two_process_ddp_run_ends_identical_on_both_ranks(ddp_run):
     ("--max_iters=abc", "max_iters"), ("--no_such_key=1", "no_such_key"), ("--dataset=nope", "dataset"),
     ("--fsdp=True", "torchrun"),
 ])
+@pytest.mark.slow
 def test_bad_input_is_a_one_line_error(arg, message):
     proc = subprocess.run([sys.executable, "pretrain.py", arg], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode != 0
@@ -101,6 +104,19 @@ def test_config_files_then_overrides_with_type_checks(tmp_path):
     cfgfile.write_text("n_layers = 3\n")
     with pytest.raises(UsageError, match="unknown config key 'n_layers'"):
         parse_config(defaults, [str(cfgfile)])
+
+
+def test_key_space_value_bare_bool_flags_and_positional_arguments():
+    defaults = dict(model="tiny", sparsity=0.0, compile=False, json="")
+    cfg, _ = parse_config(defaults, ["--model", "mini", "--compile", "--json", "out.json", "--sparsity=0.5"])
+    assert cfg == dict(model="mini", sparsity=0.5, compile=True, json="out.json")
+    assert parse_config(defaults, ["--compile", "false"])[0]["compile"] is False
+    with pytest.raises(UsageError, match="--model needs a value"):
+        parse_config(defaults, ["--model", "--compile"])
+    cfg, _ = parse_config(defaults, ["mini", "--json", "x.json"], positional=("model",))
+    assert cfg["model"] == "mini" and cfg["json"] == "x.json"
+    with pytest.raises(UsageError, match="unexpected argument"):
+        parse_config(defaults, ["mini", "extra"], positional=("model",))
 
 
 def test_paper_config_files_parse():

@@ -8,6 +8,7 @@ from common import UsageError
 ONE_SEED = ["--scale=smoke", "--tasks=e2e", "--sparsities=0,0.75", "--seeds=1", "--device=cpu"]
 
 
+@pytest.mark.slow
 def test_grid_with_control_writes_tables_plots_benefit_retained_and_resumes_without_redoing(tmp_path, capsys):
     root = reproduce.main([*ONE_SEED, f"--results={tmp_path}"])
     runs = tmp_path / "runs" / "seed1"

@@ -118,6 +118,7 @@ def test_freeze_model_trains_the_prompt_alone_and_eval_only_restores_it(tiny_ckp
     assert plain["soft_prompt"] == 0 and abs(plain["perplexity"] - m["perplexity"]) > 1e-3
 
 
+@pytest.mark.slow
 def test_dense_and_sparse_finetuning_with_a_prompt(tiny_ckpt, tmp_path):
     init, pre = initial_prompt(tiny_ckpt, 6)
     masks = pre["masks"]
@@ -137,6 +138,7 @@ def test_dense_and_sparse_finetuning_with_a_prompt(tiny_ckpt, tmp_path):
     assert set(s["masks"]) == set(masks) and not any(s["model"][n][~m].any() for n, m in masks.items())
 
 
+@pytest.mark.slow
 def test_cli_errors(tiny_ckpt, tmp_path):
     r = subprocess.run([sys.executable, "finetune.py", "--soft_prompt=-1", f"--init_from={tiny_ckpt}",
                         f"--out_dir={tmp_path / 'x'}"],

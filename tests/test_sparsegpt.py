@@ -1,4 +1,5 @@
-"""SparseGPT: OBS pruning beats magnitude on reconstruction, exact counts, n:m, the pretrain.py path."""
+"""SparseGPT: OBS pruning beats magnitude on reconstruction, exact counts, n:m, the pipeline step
+(sparsegpt.py --out, then pretrain.py --init_from)."""
 import pytest
 import torch
 
@@ -99,11 +100,12 @@ def test_prune_gpt_block_by_block():
 def test_pretrain_sparsegpt_from_dense_checkpoint(tmp_path, shakespeare_dir):
     run_pretrain(tmp_path / "dense", shakespeare_dir, "--max_iters=2", "--eval_interval=2")
     dense = load_checkpoint(tmp_path / "dense")
-    run_pretrain(tmp_path / "sg", shakespeare_dir, f"--init_from={tmp_path / 'dense' / 'ckpt.pt'}",
-                 "--mask_method=sparsegpt", "--sparsity=0.5", "--prune_n=2", "--prune_m=4",
-                 "--calib_samples=8", "--max_iters=2", "--eval_interval=2")
+    sparsegpt.main([f"--ckpt={tmp_path / 'dense' / 'ckpt.pt'}", "--sparsity=0.5", "--prune_n=2", "--prune_m=4",
+                    "--calib_samples=8", "--eval_batches=1", "--batch_size=2", f"--out={tmp_path / 'pruned.pt'}"])
+    run_pretrain(tmp_path / "sg", shakespeare_dir, f"--init_from={tmp_path / 'pruned.pt'}",
+                 "--max_iters=2", "--eval_interval=2")
     ck = load_checkpoint(tmp_path / "sg")
-    assert len(ck["masks"]) == 12 and ck["iter_num"] == 2
+    assert len(ck["masks"]) == 12 and ck["iter_num"] == 2 and ck["config"]["sparsity"] == 0.5
     for name, mask in ck["masks"].items():
         assert (mask.view(mask.shape[0], -1, 4).sum(-1) == 2).all()  # 2:4 held through training
         assert not ck["model"][name][~mask].any()
@@ -117,8 +119,12 @@ def test_pretrain_sparsegpt_from_dense_checkpoint(tmp_path, shakespeare_dir):
 def test_cli_errors(tmp_path, shakespeare_dir):
     with pytest.raises(UsageError, match="init_from"):
         run_pretrain(tmp_path / "x", shakespeare_dir, "--mask_method=sparsegpt", "--sparsity=0.5")
+    run_pretrain(tmp_path / "d", shakespeare_dir, "--max_iters=1", "--eval_interval=1")
+    sparsegpt.main([f"--ckpt={tmp_path / 'd'}", "--calib_samples=2", "--eval_batches=1", "--batch_size=2",
+                    f"--out={tmp_path / 'p.pt'}"])
+    with pytest.raises(UsageError, match="holds masks at sparsity 0.5"):  # the masks decide the sparsity
+        run_pretrain(tmp_path / "x", shakespeare_dir, f"--init_from={tmp_path / 'p.pt'}", "--sparsity=0.75")
     with pytest.raises(UsageError, match="sparsity=0.5"):
-        run_pretrain(tmp_path / "x", shakespeare_dir, "--mask_method=sparsegpt", "--sparsity=0.7",
-                     "--prune_n=2", "--prune_m=4", f"--init_from={tmp_path}")
+        sparsegpt.main([f"--ckpt={tmp_path}", "--sparsity=0.7", "--prune_n=2", "--prune_m=4"])
     with pytest.raises(UsageError, match="prune_n"):
         run_pretrain(tmp_path / "x", shakespeare_dir, "--sparsity=0.5", "--prune_n=2", "--prune_m=4")

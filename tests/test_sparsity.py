@@ -1,6 +1,7 @@
 import subprocess
 import sys
 
+import pytest
 import torch
 
 import sparsity as sp
@@ -39,6 +40,7 @@ def test_masks_depend_on_seed_and_name_only():
     assert not torch.equal(q, k)  # every matrix draws its own pattern
 
 
+@pytest.mark.slow
 def test_masks_identical_across_processes():
     code = ("import sys, torch, sparsity as sp; from model import GPT, GPTConfig; "
             "m = GPT(GPTConfig(block_size=16, vocab_size=64, n_layer=2, n_head=2, n_embd=32)); "

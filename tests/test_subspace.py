@@ -28,7 +28,7 @@ def test_distances_table_and_png(tmp_path, capsys):
     save_checkpoint(pre, tmp_path / "pre.pt")
     save_checkpoint(ft, tmp_path / "ft.pt")
     dist = subspace.main([str(tmp_path / "pre.pt"), str(tmp_path / "ft.pt"),
-                          f"--png={tmp_path / 'h.png'}", f"--json={tmp_path / 'd.json'}"])
+                          "--png", str(tmp_path / "h.png"), f"--json={tmp_path / 'd.json'}"])
     assert list(dist) == ["Q", "K", "V", "O", "FC1", "FC2"] and all(len(v) == 2 for v in dist.values())
     assert dist["FC2"][1] == pytest.approx(2.0)
     assert dist["Q"][0] == pytest.approx(0.0, abs=1e-12)

@@ -23,6 +23,7 @@ def test_flops_of_both_phases():
 ARGS = ["--sparsity=0.75", "--max_iters=5", "--lr_decay_iters=5", "--warmup_iters=1", "--densify_at=3"]
 
 
+@pytest.mark.slow
 def test_switch_to_dense_and_resume_across_it(tmp_path, shakespeare_dir):
     run_pretrain(tmp_path / "sparse", shakespeare_dir, "--sparsity=0.75", "--max_iters=1", "--eval_interval=1")
     run_pretrain(tmp_path / "straight", shakespeare_dir, *ARGS, "--eval_interval=5")
