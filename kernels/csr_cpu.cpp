@@ -17,6 +17,7 @@
 //   column of y element by element strides M floats, and with M a multiple of 1024 all those
 //   addresses fall into one cache set.
 //   Columns must be sorted within each row (to_csr and transpose_plan guarantee it).
+//   With AVX-512 and at least 128 tokens, spmm_avx512 below does the same with its own blocking.
 // Few tokens (generation, one token at a time): no tile to fill, so each row becomes a gathered
 //   dot product over its nonzeros, parallel over rows. Memory-bound on reading W: CSR reads
 //   8 bytes per kept weight (value + int32 column) against 4 per weight for dense.
@@ -173,6 +174,151 @@ static void spmm_tiled(const int* crow, const Index* col, const float* val, cons
   });
 }
 
+#ifdef __AVX512F__
+// ---- The AVX-512 path (N >= 128 tokens). Same arithmetic as spmm_tiled, tuned separately.
+// On these cores dense fp32 GEMM runs near two 512-bit FMAs per cycle, reusing loads from
+// registers; here every FMA needs its own 64-byte load of x (the loads, not the FMAs, are the
+// limit: per nonzero V loads of x plus two scalar loads, value and column, for V FMAs). What
+// differs from the generic path, each measured on a 2-core Xeon (AVX-512), see kernels/README.md:
+// - No reordered copy of the nonzeros (it cost 4-8 % of a product, per call): since the columns
+//   are sorted, row i's entries in column block c are a run of the CSR arrays, and a table of the
+//   run boundaries (M x (nkb + 1) ints, one pass over the column indices) is all the kernel needs.
+//   The rows' runs are interleaved in the visiting order, so the weights of a row 8 rows ahead are
+//   prefetched by hand.
+// - RB_512 = 256 rows per block instead of 64: the (KB, TILE) slab of x brought into L1 is
+//   reused by 4x more rows; the partial sums (256 x 512 B) now live in L2, read and written
+//   sequentially once per row and column block.
+// - The next slab is prefetched into L2 while the current one is in use: when x's tile does not
+//   fit in L2 next to the weights (in_features 3072 and up), its lines would otherwise come from L3
+//   at random, one miss at a time.
+// - Transposes go through 16x16 register blocks with the output loop inner, so every line of y is
+//   written whole by one store; a large y is written with streaming stores (no read for ownership,
+//   no eviction of the x tile and the weights).
+constexpr int TILE_512 = 128;                // tokens per tile: 8 accumulator registers
+constexpr int64_t KB_512 = 64;               // columns per block: a 32 KB slab of x, 2/3 of L1
+constexpr int64_t RB_512 = 256;              // rows per block
+constexpr int64_t STREAM_BYTES = 4 << 20;    // y at least this large: streaming stores
+
+// in place: r[u] (row u of a 16x16 block) becomes column u
+static inline void transpose16(__m512 r[16]) {
+  __m512 t[16];
+  for (int i = 0; i < 8; i++) {
+    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  for (int i = 0; i < 4; i++) {
+    r[4 * i + 0] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
+    r[4 * i + 1] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0xEE);
+    r[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
+    r[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
+  }
+  for (int i = 0; i < 2; i++)
+    for (int m = 0; m < 4; m++) {
+      t[8 * i + m] = _mm512_shuffle_f32x4(r[8 * i + m], r[8 * i + 4 + m], 0x88);
+      t[8 * i + 4 + m] = _mm512_shuffle_f32x4(r[8 * i + m], r[8 * i + 4 + m], 0xDD);
+    }
+  for (int m = 0; m < 8; m++) {
+    r[m] = _mm512_shuffle_f32x4(t[m], t[8 + m], 0x88);
+    r[8 + m] = _mm512_shuffle_f32x4(t[m], t[8 + m], 0xDD);
+  }
+}
+
+// dst[j * ldd + i] = src[i * lds + j] for the (rows, cols) block of src. 16x16 blocks; for each
+// 16 destination rows, the source blocks are walked along i, so each destination line is
+// completed by one store. stream: non-temporal stores (dst 64-byte aligned, ldd % 16 == 0).
+static void transpose512(const float* src, int64_t lds, float* dst, int64_t ldd, int64_t rows, int64_t cols,
+                         bool stream) {
+  const int64_t r16 = rows / 16 * 16, c16 = cols / 16 * 16;
+  for (int64_t j = 0; j < c16; j += 16) {
+    for (int64_t i = 0; i < r16; i += 16) {
+      __m512 r[16];
+      for (int u = 0; u < 16; u++) r[u] = _mm512_loadu_ps(src + (i + u) * lds + j);
+      transpose16(r);
+      if (stream)
+        for (int u = 0; u < 16; u++) _mm512_stream_ps(dst + (j + u) * ldd + i, r[u]);
+      else
+        for (int u = 0; u < 16; u++) _mm512_storeu_ps(dst + (j + u) * ldd + i, r[u]);
+    }
+    for (int64_t u = j; u < j + 16; u++)
+      for (int64_t i = r16; i < rows; i++) dst[u * ldd + i] = src[i * lds + u];
+  }
+  for (int64_t u = c16; u < cols; u++)
+    for (int64_t i = 0; i < rows; i++) dst[u * ldd + i] = src[i * lds + u];
+}
+
+template <typename Index>
+static void spmm_avx512(const int* crow, const Index* col, const float* val, const float* bias,
+                        const float* x, float* y, int64_t N, int64_t K, int64_t M) {
+  constexpr int TILE = TILE_512, V = TILE / 16;
+  const int64_t nkb = (K + KB_512 - 1) / KB_512, nrb = (M + RB_512 - 1) / RB_512, ntiles = (N + TILE - 1) / TILE;
+  // bnd[i * (nkb + 1) + c]: the first entry of row i whose column is >= c * KB_512
+  std::unique_ptr<int[]> bnd(new int[M * (nkb + 1)]);
+  at::parallel_for(0, M, grain(M, (int64_t)crow[M] + M * nkb), [&](int64_t lo, int64_t hi) {
+    for (int64_t i = lo; i < hi; i++) {
+      int* b = bnd.get() + i * (nkb + 1);
+      int64_t p = crow[i];
+      for (int64_t c = 0; c < nkb; c++) {
+        b[c] = (int)p;
+        const int64_t lim = std::min<int64_t>(K, (c + 1) * KB_512);
+        while (p < crow[i + 1] && col[p] < lim) p++;
+      }
+      b[nkb] = crow[i + 1];
+    }
+  });
+  const bool stream = (uintptr_t)y % 64 == 0 && M % 16 == 0 && N * M * 4 >= STREAM_BYTES;
+  const int64_t threads = at::get_num_threads();
+  const int64_t nchunks = std::min<int64_t>(nrb, (threads + ntiles - 1) / ntiles);
+  const int64_t per_chunk = (nrb + nchunks - 1) / nchunks;
+  at::parallel_for(0, ntiles * nchunks, grain(ntiles * nchunks, (int64_t)crow[M] * N), [&](int64_t b, int64_t e) {
+    std::vector<__m512> packed(K * V), part(RB_512 * V);  // this thread's x tile and partial sums
+    float* xt = (float*)packed.data();
+    int64_t packed_tile = -1;
+    for (int64_t item = b; item < e; item++) {
+      const int64_t tile = item / nchunks, chunk = item % nchunks, t0 = tile * TILE;
+      const int64_t nt = std::min<int64_t>(TILE, N - t0);
+      if (tile != packed_tile) {
+        transpose512(x + t0 * K, K, xt, TILE, nt, K, false);
+        if (nt < TILE)
+          for (int64_t k = 0; k < K; k++) std::fill(xt + k * TILE + nt, xt + (k + 1) * TILE, 0.f);
+        packed_tile = tile;
+      }
+      for (int64_t rb = chunk * per_chunk; rb < std::min(nrb, (chunk + 1) * per_chunk); rb++) {
+        const int64_t r0 = rb * RB_512, rows = std::min(RB_512, M - r0);
+        for (int64_t c = 0; c < nkb; c++) {
+          // the slab after this one (the first, at the last column block) goes to L2 meanwhile,
+          // a few lines per row
+          const int64_t nc = c + 1 < nkb ? c + 1 : 0;
+          const char* next = (const char*)(xt + nc * KB_512 * TILE);
+          const int64_t lines = std::min<int64_t>(KB_512, K - nc * KB_512) * TILE / 16;
+          const int64_t per_row = (lines + rows - 1) / rows;
+          for (int64_t r = 0; r < rows; r++) {
+            for (int64_t l = r * per_row; l < std::min(lines, (r + 1) * per_row); l++)
+              _mm_prefetch(next + 64 * l, _MM_HINT_T1);
+            const int* bd = bnd.get() + (r0 + r) * (nkb + 1) + c;
+            if (r + 8 < rows) {  // the weights of the row 8 ahead
+              const int64_t q = bd[8 * (nkb + 1)];
+              _mm_prefetch((const char*)(val + q), _MM_HINT_T0);
+              _mm_prefetch((const char*)(col + q), _MM_HINT_T0);
+            }
+            __m512 acc[V];
+            for (int u = 0; u < V; u++)
+              acc[u] = c == 0 ? _mm512_set1_ps(bias ? bias[r0 + r] : 0.f) : part[r * V + u];
+            for (int64_t p = bd[0]; p < bd[1]; p++) {
+              const __m512 v = _mm512_set1_ps(val[p]);
+              const float* xr = xt + (int64_t)col[p] * TILE;
+              for (int u = 0; u < V; u++) acc[u] = _mm512_fmadd_ps(v, _mm512_load_ps(xr + 16 * u), acc[u]);
+            }
+            for (int u = 0; u < V; u++) part[r * V + u] = acc[u];
+          }
+        }
+        transpose512((const float*)part.data(), TILE, y + t0 * M + r0, M, rows, nt, stream && nt == TILE);
+      }
+    }
+  });
+  if (stream) _mm_sfence();  // streaming stores are weakly ordered: make them visible
+}
+#endif
+
 #ifdef __AVX2__
 // eight column indices, widened to int32 for the gather
 static inline __m256i load8(const int* col) { return _mm256_loadu_si256((const __m256i*)col); }
@@ -235,6 +381,10 @@ torch::Tensor spmm(torch::Tensor crow, torch::Tensor col, torch::Tensor val,
   const float* xp = x.data_ptr<float>();
   float* yp = y.data_ptr<float>();
   with_index(col, [&](auto cl) {
+#ifdef __AVX512F__
+    if (N >= TILE_512) spmm_avx512(cr, cl, v, b, xp, yp, N, K, M);
+    else
+#endif
     if (N >= BIG_TILE) spmm_tiled<BIG_TILE>(cr, cl, v, b, xp, yp, N, K, M);
     else if (N >= 8) spmm_tiled<2 * VW>(cr, cl, v, b, xp, yp, N, K, M);
     else spmm_gather(cr, cl, v, b, xp, yp, N, K, M);

@@ -22,6 +22,14 @@ try:  # the GPU path needs Triton; without it CUDA tensors use the reference
 except Exception:  # ImportError, or a Triton that cannot initialise here
     triton_csr = None
 
+# True: CPU tensors go through the Triton kernels too, which then run in Triton's interpreter
+# (TRITON_INTERPRET=1 before kernels.triton_csr is imported). Slow; for tests/test_triton.py.
+triton_on_cpu = False
+
+
+def _triton(t):
+    return triton_csr is not None and (t.device.type == "cuda" or (triton_on_cpu and t.device.type == "cpu"))
+
 
 def _flat(x, k):
     assert x.shape[-1] == k, f"x has {x.shape[-1]} features, the weight expects {k}"
@@ -30,10 +38,10 @@ def _flat(x, k):
 
 def _spmm2d(csr, x2, bias=None):
     """(N, K) -> (N, M) in fp32 on the best kernel for x2's device."""
+    if _triton(x2):
+        return triton_csr.spmm(csr, x2, bias)
     if x2.device.type == "cpu":
         return cpu.spmm(csr, x2, bias)
-    if x2.device.type == "cuda" and triton_csr is not None:
-        return triton_csr.spmm(CSR(csr.crow, csr.col.int(), csr.values, csr.shape), x2, bias)
     y = csr_matmul_reference(csr, x2.float())
     return y if bias is None else y + bias.float()
 
@@ -45,9 +53,11 @@ def csr_matmul(csr, x, bias=None):
 
 
 def _sddmm(csr, dy2, x2):
+    if _triton(dy2):
+        return triton_csr.sddmm(csr, dy2, x2)
     if dy2.device.type == "cpu":
         return cpu.sddmm(csr, dy2, x2)
-    return sddmm_reference(csr, dy2, x2)  # GPU: plain PyTorch gather-multiply-sum
+    return sddmm_reference(csr, dy2, x2)  # another device, or CUDA without Triton
 
 
 class _CSRLinearFn(torch.autograd.Function):

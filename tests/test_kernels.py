@@ -61,6 +61,20 @@ def test_csr_matmul_matches_dense(ext, m, k, density, n, index):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("m,k,n", [(300, 1100, 257),   # 2 row blocks of the AVX-512 path, 18 column blocks, ragged tile
+                                   (1040, 70, 1030),   # output >= 4 MB: streaming stores; last tile of 6 tokens
+                                   (24, 40, 128)])     # one tile, fewer tiles than threads: rows split
+def test_csr_matmul_many_tokens(ext, m, k, n):
+    # the tiled paths at full size: 128-token tiles, row and column blocking, 16x16 transposes
+    w = masked(m, k, 0.2, seed=n, empty_rows=(1, m - 1))
+    x, b = torch.randn(n, k), torch.randn(m)
+    c = to_csr(w)
+    for index in (torch.int32, torch.int16):
+        y = kernels.csr_matmul(kernels.CSR(c.crow, c.col.to(index), c.values, c.shape), x, b)
+        torch.testing.assert_close(y, x @ w.t() + b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.slow
 def test_csr_matmul_batch_noncontiguous_bias_dtype(ext):
     w, b = masked(96, 80, 0.3), torch.randn(96)
     c = to_csr(w)
