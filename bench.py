@@ -8,6 +8,8 @@ clipping, AdamW, re-masking.
   python bench.py --model=gpt3-xl --batch_size=8 --block_size=2048 --compile=True \
       --gradient_accumulation_steps=64     # the paper's step: 512 x 2048 tokens
 
+  python bench.py --device=cpu --model=cpu --block_size=128 --finetune=True   # fine-tuning vs pre-training tokens/s
+
 Besides the step time it prints where a sparse step's time goes (forward + backward, gradient masking,
 clipping, AdamW, re-masking): profile before optimizing.
 """
@@ -36,6 +38,7 @@ DEFAULTS = dict(
     compile=False,
     seed=1337,
     json="",           # also write the figures to this path
+    finetune=False,    # instead: fine-tuning tokens/s (real E2E examples) against pre-training tokens/s
 )
 
 
@@ -109,6 +112,76 @@ def time_runs(cfg, device):
     return results
 
 
+def time_finetune(cfg, device):
+    """
+    Fine-tuning steps on real E2E examples beside pre-training steps of the same model, interleaved,
+    in tokens/s (fine-tuning counts the real tokens of each example, not padding). Two fine-tuning
+    steps are timed: finetune.py's (length-bucketed batches, logits at the completion positions only)
+    and the baseline it replaced (random batches, logits at every position, masked afterwards).
+    """
+    import random
+
+    import torch.nn.functional as F
+
+    import finetune
+    from common import get_tokenizer
+    from data.tasks import encode_example, flatten, load_groups
+    torch.manual_seed(cfg["seed"])
+    mcfg = GPTConfig(**asdict(PRESETS[cfg["model"]]))
+    mcfg.block_size = cfg["block_size"] or mcfg.block_size
+    model = GPT(mcfg).to(device)
+    optimizer = configure_optimizer(model, dict(ADAMW, learning_rate=1e-4), device)
+    rng = random.Random(cfg["seed"])
+    examples = flatten(load_groups("e2e", "train")[0])
+    rng.shuffle(examples)
+    enc = get_tokenizer()
+    n_steps = cfg["warmup"] + cfg["steps"]
+    examples = [encode_example(enc, e["context"], e["completion"], mcfg.block_size)
+                for e in examples[:max(50, n_steps) * cfg["batch_size"]]]
+    bucketed = finetune.batches(examples, cfg["batch_size"], True, rng)
+    plain = (examples[i:i + cfg["batch_size"]] for i in range(0, len(examples), cfg["batch_size"]))
+    B, T = cfg["batch_size"], mcfg.block_size
+    x = torch.randint(0, mcfg.vocab_size, (B, T), device=device)
+
+    def baseline_loss(x, y, m):  # the fine-tuning loss before: every position through the LM head
+        logits, _ = model(x)
+        loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), y.view(-1), reduction="none",
+                               label_smoothing=0.1)
+        return (loss * m.view(-1)).sum(), m.sum()
+
+    def finetune_step(batches, loss_fn):
+        batch = next(batches)
+        bx, by, bm = finetune.collate(batch, device)
+        with autocast(device):
+            s, n = loss_fn(bx, by, bm)
+        (s / n).backward()
+        sp.optimizer_step(optimizer, model, {}, 1.0)
+        return sum(len(ids) - 1 for ids, _ in batch)
+
+    def pretrain_step():
+        with autocast(device):
+            _, loss = model(x, x)
+        loss.backward()
+        sp.optimizer_step(optimizer, model, {}, 1.0)
+        return B * T
+
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    runs = {"pre-training": pretrain_step,
+            "fine-tuning": lambda: finetune_step(bucketed, lambda *a: finetune.completion_loss(model, *a, 0.1)),
+            "fine-tuning, baseline": lambda: finetune_step(plain, baseline_loss)}
+    totals = {name: [0, 0.0] for name in runs}
+    for i in range(n_steps):
+        for name, step in runs.items():
+            sync()
+            t0 = time.perf_counter()
+            tokens = step()
+            sync()
+            if i >= cfg["warmup"]:
+                totals[name][0] += tokens
+                totals[name][1] += time.perf_counter() - t0
+    return {name: tokens / seconds for name, (tokens, seconds) in totals.items()}
+
+
 def main(argv):
     cfg, _ = parse_config(DEFAULTS, argv)
     check(cfg["model"] in PRESETS, f"unknown model {cfg['model']!r} (choose from {', '.join(PRESETS)})")
@@ -125,6 +198,14 @@ def main(argv):
     print(f"{cfg['model']}, batch {cfg['batch_size']} x {cfg['block_size'] or PRESETS[cfg['model']].block_size}"
           f" x {cfg['gradient_accumulation_steps']} micro-batches, {name}, compile={cfg['compile']}, "
           f"activation checkpointing={cfg['activation_checkpointing']}")
+    if cfg["finetune"]:
+        tps = time_finetune(cfg, device)
+        for run, value in tps.items():
+            print(f"{run:22s} {value:10,.0f} tokens/s  ({value / tps['pre-training']:.2f}x pre-training)")
+        if cfg["json"]:
+            with open(cfg["json"], "w") as f:
+                json.dump(dict(config=cfg, device=name, tokens_per_s=tps), f, indent=1)
+        return tps
     runs = time_runs(cfg, device)
     for r in runs:
         mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "n/a (unknown peak)"

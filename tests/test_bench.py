@@ -30,3 +30,12 @@ def test_bench_gradient_accumulation_counts_every_micro_batch():
 def test_bench_rejects_bad_sparsity():
     with pytest.raises(UsageError, match="sparsity"):
         bench.main(["--sparsity=1.0"])
+
+
+def test_finetune_benchmark_reports_tokens_per_second_for_each_step(capsys):
+    import bench
+    tps = bench.main(["--device=cpu", "--model=tiny", "--block_size=64", "--batch_size=2", "--steps=1",
+                      "--warmup=0", "--finetune=True"])
+    assert set(tps) == {"pre-training", "fine-tuning", "fine-tuning, baseline"}
+    assert all(v > 0 for v in tps.values())
+    assert "x pre-training" in capsys.readouterr().out
