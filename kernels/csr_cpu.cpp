@@ -54,6 +54,11 @@ static int64_t grain(int64_t items, int64_t total_work, int64_t min_work = MIN_W
   return std::max<int64_t>(1, min_work * items / std::max<int64_t>(1, total_work));
 }
 
+// row blocks are split into chunks only when there are too few token tiles to share out among threads
+static int64_t row_chunks(int64_t nrb, int64_t ntiles) {
+  return std::min<int64_t>(nrb, (at::get_num_threads() + ntiles - 1) / ntiles);
+}
+
 // dst[j * ldd + i] = src[i * lds + j] for the (rows, cols) block of src; 8x8 blocks in registers
 static void transpose(const float* src, int64_t lds, float* dst, int64_t ldd, int64_t rows, int64_t cols) {
   int64_t i = 0;
@@ -142,10 +147,8 @@ static void spmm_tiled(const int* crow, const Index* col, const float* val, cons
   const int64_t KB = std::max<int64_t>(VW, SLAB_BYTES / (TILE * 4));
   const int64_t nkb = (K + KB - 1) / KB, nrb = (M + RB - 1) / RB, ntiles = (N + TILE - 1) / TILE;
   const Blocked w = block_nonzeros(crow, col, val, K, M, KB);
-  // work item = (token tile, chunk of row blocks); chunks only when tiles are too few to share out
-  const int64_t threads = at::get_num_threads();
-  const int64_t nchunks = std::min<int64_t>(nrb, (threads + ntiles - 1) / ntiles);
-  const int64_t per_chunk = (nrb + nchunks - 1) / nchunks;
+  // work item = (token tile, chunk of row blocks)
+  const int64_t nchunks = row_chunks(nrb, ntiles), per_chunk = (nrb + nchunks - 1) / nchunks;
   at::parallel_for(0, ntiles * nchunks, grain(ntiles * nchunks, (int64_t)crow[M] * N), [&](int64_t b, int64_t e) {
     std::vector<vec> packed(K * V), part(RB * V);  // this thread's x tile and partial sums
     float* xt = (float*)packed.data();
@@ -266,9 +269,7 @@ static void spmm_avx512(const int* crow, const Index* col, const float* val, con
     }
   });
   const bool stream = (uintptr_t)y % 64 == 0 && M % 16 == 0 && N * M * 4 >= STREAM_BYTES;
-  const int64_t threads = at::get_num_threads();
-  const int64_t nchunks = std::min<int64_t>(nrb, (threads + ntiles - 1) / ntiles);
-  const int64_t per_chunk = (nrb + nchunks - 1) / nchunks;
+  const int64_t nchunks = row_chunks(nrb, ntiles), per_chunk = (nrb + nchunks - 1) / nchunks;
   at::parallel_for(0, ntiles * nchunks, grain(ntiles * nchunks, (int64_t)crow[M] * N), [&](int64_t b, int64_t e) {
     std::vector<__m512> packed(K * V), part(RB_512 * V);  // this thread's x tile and partial sums
     float* xt = (float*)packed.data();
