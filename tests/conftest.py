@@ -71,3 +71,17 @@ def tiny_ckpt(tmp_path_factory, shakespeare_dir):
     run_pretrain(out, shakespeare_dir, "--max_iters=2", "--eval_interval=2", "--eval_iters=1",
                  "--block_size=64", "--sparsity=0.75")
     return out
+
+
+def masked_linear(n_in, n_out, empty_row):
+    """An nn.Linear whose weight keeps ~30 % of its entries (row `empty_row` none), its mask, and the
+    SparseLinear made from it."""
+    import kernels
+    import torch
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(n_in, n_out)
+    mask = torch.rand(n_out, n_in) > 0.7
+    mask[empty_row] = False
+    with torch.no_grad():
+        lin.weight.mul_(mask)
+    return lin, mask, kernels.SparseLinear.from_linear(lin, mask)

@@ -5,6 +5,7 @@ import warnings
 
 import pytest
 import torch
+from conftest import masked_linear
 
 import kernels
 from kernels import cpu
@@ -105,13 +106,7 @@ def test_sddmm_matches_masked_outer_product(ext):
 @pytest.mark.slow
 @pytest.mark.parametrize("tokens", [3, 77])
 def test_sparse_linear_grads_equal_masked_dense(ext, tokens):
-    torch.manual_seed(0)
-    lin = torch.nn.Linear(72, 40)
-    mask = torch.rand(40, 72) > 0.7
-    mask[7] = False  # an empty row
-    with torch.no_grad():
-        lin.weight.mul_(mask)
-    sl = kernels.SparseLinear.from_linear(lin, mask)
+    lin, mask, sl = masked_linear(72, 40, empty_row=7)
     assert sl.col.dtype == torch.int16 and sl.csr().col.dtype == torch.int32  # narrow inside, int32 out
     x = torch.randn(2, tokens, 72, requires_grad=True)
     x2 = x.detach().clone().requires_grad_()

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import masked_linear
 
 pytest.importorskip("triton", reason="Triton is not installed (pip install triton; CI installs it): "
                                       "the Triton kernels are not checked here")
@@ -106,13 +107,7 @@ def test_sparse_linear_on_triton_path_equals_masked_linear(tc, monkeypatch):
         real = getattr(tc, name)
         monkeypatch.setattr(tc, name, lambda *a, _real=real, _name=name, **k: calls.__setitem__(_name, calls[_name] + 1)
                             or _real(*a, **k))
-    torch.manual_seed(0)
-    lin = torch.nn.Linear(40, 24)
-    mask = torch.rand(24, 40) > 0.7
-    mask[5] = False  # an empty row
-    with torch.no_grad():
-        lin.weight.mul_(mask)
-    sl = kernels.SparseLinear.from_linear(lin, mask)
+    lin, mask, sl = masked_linear(40, 24, empty_row=5)
     x = torch.randn(2, 7, 40, requires_grad=True)
     x2 = x.detach().clone().requires_grad_()
     g = torch.randn(2, 7, 24)
