@@ -12,12 +12,14 @@ after Hugging Face / fairseq):
 - beam_size=1 is greedy decoding.
 
 The model has no padding mask, so every prompt in one call must have the same length:
-finetune.py groups test inputs by prompt length.
+decode_groups batches test inputs of equal prompt length.
 """
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
-from common import EOT
+from common import EOT, autocast
+from data.tasks import encode_prompt
 
 
 def banned_tokens(generated, n):
@@ -109,3 +111,26 @@ def beam_search(model, prompts, beam_size=10, max_new_tokens=64, length_penalty=
                     pool.append((s / max(1, len(hist)) ** length_penalty, hist))
         results.append(max(pool, key=lambda f: f[0])[1] if pool else [])
     return results
+
+
+def decode_groups(cfg, model, enc, groups, device, soft_prompt=None):
+    """Beam-search every group's context; inputs of equal prompt length share a batch."""
+    model.eval()
+    room = model.config.block_size - (0 if soft_prompt is None else soft_prompt.size(0))
+    prompts = [encode_prompt(enc, g["context"], room) for g in groups]
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    chunks, chunk = [], []
+    for i in order:
+        if chunk and (len(prompts[i]) != len(prompts[chunk[0]]) or len(chunk) == cfg["decode_batch"]):
+            chunks.append(chunk)
+            chunk = []
+        chunk.append(i)
+    chunks.append(chunk)
+    outputs = [None] * len(groups)
+    for chunk in tqdm(chunks, desc=f"beam search (beam {cfg['beam_size']})", dynamic_ncols=True):
+        with autocast(device):
+            tokens = beam_search(model, [prompts[i] for i in chunk], cfg["beam_size"], cfg["max_new_tokens"],
+                                 cfg["length_penalty"], cfg["no_repeat_ngram"], EOT, soft_prompt)
+        for i, toks in zip(chunk, tokens):
+            outputs[i] = " ".join(enc.decode(toks).split())  # one line per input
+    return outputs

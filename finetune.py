@@ -29,9 +29,10 @@ from tqdm import tqdm
 import sparsity as sp
 from common import (EOT, autocast, check, check_finite, check_writable_dir, decay_groups, get_tokenizer,
                     linear_lr, load_model, parse_config, pick_device, prepare_run_dir, run_cli, save_checkpoint)
-from data.tasks import NLG_TASKS, TASKS, encode_example, encode_prompt, flatten, load_groups
-from decode import beam_search
+from data.tasks import NLG_TASKS, TASKS, encode_example, flatten, load_groups
+from decode import decode_groups
 from flops import train_flops
+from softprompt import setup_soft_prompt
 
 DEFAULTS = dict(
     recipe="toy",               # a label for the screen and metrics.json (config/finetune_paper.py: "paper")
@@ -168,32 +169,6 @@ def init_model(cfg, device):
     return model.to(device), sp.masks_to(masks, device), pretrain_sparsity, mcfg, ckpt
 
 
-def init_soft_prompt(model, n, seed):
-    """n distinct token embeddings sampled from ids < 5000 (frequent/early BPE tokens), copied."""
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randperm(min(5000, model.config.vocab_size), generator=g)[:n]
-    return model.transformer.wte.weight.detach()[ids.to(model.transformer.wte.weight.device)].clone()
-
-
-def setup_soft_prompt(cfg, model, ckpt):
-    """The soft prompt to use (a trainable Parameter) or None: the checkpoint's if it holds one
-    (eval_only, or continued training at the same length), else a new one of --soft_prompt vectors."""
-    n, saved = cfg["soft_prompt"], ckpt.get("soft_prompt")
-    device = model.transformer.wte.weight.device
-    if saved is not None:
-        check(n == len(saved) or (n == 0 and cfg["eval_only"]),
-              f"{cfg['init_from']} holds a soft prompt of {len(saved)} vectors: pass --soft_prompt={len(saved)}")
-        check(saved.shape[1] == model.config.n_embd, f"{cfg['init_from']}: soft prompt width does not match the model")
-        cfg["soft_prompt"] = n = len(saved)
-    elif n:
-        check(not cfg["eval_only"], f"--eval_only: {cfg['init_from']} holds no trained soft prompt")
-    if not n:
-        return None
-    check(n + 2 <= model.config.block_size, f"--soft_prompt={n} leaves no room in block_size {model.config.block_size}")
-    init = saved if saved is not None else init_soft_prompt(model, n, cfg["seed"])
-    return torch.nn.Parameter(init.to(device=device, dtype=torch.float32).clone())
-
-
 def finetune(cfg, model, masks, mcfg, train, val, device, pretrain_sparsity, prompt=None):
     """Train with early stopping on validation loss; returns (best state, best prompt, log dict)."""
     if cfg["freeze_model"]:
@@ -258,29 +233,6 @@ def finetune(cfg, model, masks, mcfg, train, val, device, pretrain_sparsity, pro
     log = dict(steps=step, epochs=len(history), best_val_loss=best_val, history=history,
                flops=flops, train_seconds=time.time() - t0, warmup_iters=warmup)
     return best_state, best_prompt, log
-
-
-def decode_groups(cfg, model, enc, groups, device, soft_prompt=None):
-    """Beam-search every group's context; inputs of equal prompt length share a batch."""
-    model.eval()
-    room = model.config.block_size - (0 if soft_prompt is None else soft_prompt.size(0))
-    prompts = [encode_prompt(enc, g["context"], room) for g in groups]
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    chunks, chunk = [], []
-    for i in order:
-        if chunk and (len(prompts[i]) != len(prompts[chunk[0]]) or len(chunk) == cfg["decode_batch"]):
-            chunks.append(chunk)
-            chunk = []
-        chunk.append(i)
-    chunks.append(chunk)
-    outputs = [None] * len(groups)
-    for chunk in tqdm(chunks, desc=f"beam search (beam {cfg['beam_size']})", dynamic_ncols=True):
-        with autocast(device):
-            tokens = beam_search(model, [prompts[i] for i in chunk], cfg["beam_size"], cfg["max_new_tokens"],
-                                 cfg["length_penalty"], cfg["no_repeat_ngram"], EOT, soft_prompt)
-        for i, toks in zip(chunk, tokens):
-            outputs[i] = " ".join(enc.decode(toks).split())  # one line per input
-    return outputs
 
 
 def main(argv):

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import finetune
+import softprompt
 from common import UsageError, load_checkpoint
 from decode import beam_search
 from model import GPT, GPTConfig
@@ -83,7 +84,7 @@ def initial_prompt(ckpt_dir, n, seed=1337):
     pre = load_checkpoint(ckpt_dir)
     model = GPT(GPTConfig(**pre["model_config"]))
     model.load_state_dict(pre["model"])
-    return finetune.init_soft_prompt(model, n, seed), pre
+    return softprompt.init_soft_prompt(model, n, seed), pre
 
 
 def changed(a, b):
