@@ -15,7 +15,6 @@ clipping, AdamW, re-masking): profile before optimizing.
 """
 import json
 import time
-from dataclasses import asdict
 
 import torch
 
@@ -23,7 +22,7 @@ import sparsity as sp
 from common import (ADAMW, autocast, check, check_output_file, configure_optimizer, parse_config, peak_flops,
                     pick_device, run_cli)
 from flops import forward_flops
-from model import GPT, PRESETS, GPTConfig
+from model import GPT, PRESETS, preset_config
 
 DEFAULTS = dict(
     model="tiny",
@@ -49,8 +48,7 @@ def time_runs(cfg, device):
     (gradient masking and re-masking), which is exactly the overhead to measure.
     """
     torch.manual_seed(cfg["seed"])
-    mcfg = GPTConfig(**asdict(PRESETS[cfg["model"]]))
-    mcfg.block_size = cfg["block_size"] or mcfg.block_size
+    mcfg = preset_config(cfg["model"], cfg["block_size"])
     model = GPT(mcfg).to(device)
     model.activation_checkpointing = cfg["activation_checkpointing"]
     masks = sp.masks_to(sp.make_masks(model, cfg["sparsity"], seed=cfg["seed"]), device)
@@ -127,8 +125,7 @@ def time_finetune(cfg, device):
     from common import get_tokenizer
     from data.tasks import encode_example, flatten, load_groups
     torch.manual_seed(cfg["seed"])
-    mcfg = GPTConfig(**asdict(PRESETS[cfg["model"]]))
-    mcfg.block_size = cfg["block_size"] or mcfg.block_size
+    mcfg = preset_config(cfg["model"], cfg["block_size"])
     model = GPT(mcfg).to(device)
     optimizer = configure_optimizer(model, dict(ADAMW, learning_rate=1e-4), device)
     rng = random.Random(cfg["seed"])

@@ -7,7 +7,7 @@ matrices, which are separate nn.Linear modules here (q, k, v, attention output, 
 out) so that each one carries its own mask and can be swapped for a sparse kernel.
 """
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn as nn
@@ -47,6 +47,12 @@ PRESETS = {
     # OpenAI's GPT-2 shapes (1024 positions, tanh GELU) are not presets: --init_from=gpt2 (hf.py)
     # takes shape, activation and weights from the released checkpoint
 }
+
+
+def preset_config(name, block_size=0, dropout=0.0):
+    """A copy of PRESETS[name] with its context (0 = the preset's) and dropout set."""
+    preset = PRESETS[name]
+    return GPTConfig(**{**asdict(preset), "dropout": dropout, "block_size": block_size or preset.block_size})
 
 
 class CausalSelfAttention(nn.Module):

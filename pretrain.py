@@ -33,7 +33,7 @@ from common import (ADAMW, autocast, check, check_finite, check_pretrain_checkpo
 from data.prepare import DATASETS, ensure_prepared, load_tokens
 from flops import densify_iter, forward_flops, train_flops
 from hf import HUB_NAMES
-from model import GPT, PRESETS, GPTConfig
+from model import GPT, PRESETS, preset_config
 
 DEFAULTS = dict(
     # model and sparsity
@@ -95,9 +95,7 @@ def validate(cfg):
 
 def model_config(cfg):
     """The preset of --model with --dropout and --block_size."""
-    mcfg = GPTConfig(**{**asdict(PRESETS[cfg["model"]]), "dropout": cfg["dropout"]})
-    mcfg.block_size = cfg["block_size"] or mcfg.block_size
-    return mcfg
+    return preset_config(cfg["model"], cfg["block_size"], cfg["dropout"])
 
 
 def get_batch(tokens, batch_size, block_size, gen, device):

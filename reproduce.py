@@ -25,7 +25,7 @@ import torch
 import finetune
 import pretrain
 from common import ROOT, check, check_writable_dir, parse_config, run_cli, save_checkpoint
-from model import GPT, PRESETS, GPTConfig
+from model import GPT, preset_config
 
 TASKS = ("e2e", "webnlg", "dart")
 # per scale: pre-training flags, fine-tuning flags (shared by every task and pre-training)
@@ -100,8 +100,7 @@ def _flag(flags, key):
 
 def write_control(scale, seed, path):
     """The control: the pre-training model at its random initialization, saved like a checkpoint."""
-    mcfg = GPTConfig(**asdict(PRESETS[_flag(scale["pretrain"], "model")]))
-    mcfg.block_size = int(_flag(scale["pretrain"], "block_size"))
+    mcfg = preset_config(_flag(scale["pretrain"], "model"), int(_flag(scale["pretrain"], "block_size")))
     torch.manual_seed(seed)
     model = GPT(mcfg)
     save_checkpoint(dict(model=model.state_dict(), masks={}, model_config=asdict(mcfg), iter_num=0,
