@@ -187,7 +187,8 @@ def summarize(cfg, pre, ft):
     summary = dict(pretrain={}, finetune={})
     for s in sparsities:
         vals = [pre[k][-1].get("val_loss") for k in pre if k[1] == s]
-        summary["pretrain"][_name(s)] = dict(val_loss=stats(vals), tokens=next(
+        summary["pretrain"][_name(s)] = dict(val_loss=stats(vals), per_seed={
+            k[0]: pre[k][-1].get("val_loss") for k in sorted(pre) if k[1] == s}, tokens=next(
             (pre[k][-1].get("tokens_seen") for k in pre if k[1] == s), None), flops=next(
             (pre[k][-1].get("flops_spent") for k in pre if k[1] == s), None))
     for task in cfg["tasks"].split(","):
@@ -201,6 +202,8 @@ def summarize(cfg, pre, ft):
                 row = {k: stats([m.get(k) for m in ms]) for k in
                        ("best_val_loss", "bleu", "bleu_seen", "bleu_unseen", "nist", "meteor", "rouge_l", "cider", "ter")}
                 row["seeds"] = [seed for seed in seeds if (seed, s, task, sparse_ft) in ft]
+                row["per_seed"] = {seed: [ft[(seed, s, task, sparse_ft)].get(k) for k in ("best_val_loss", "bleu")]
+                                   for seed in row["seeds"]}
                 row["flops_finetune"] = stats([m.get("flops") for m in ms])
                 if s is not NONE and not sparse_ft and cfg["control"] and 0.0 in sparsities:
                     row["retained_val_loss"] = stats(retained(ft, task, seeds, s, "best_val_loss", False))
@@ -208,7 +211,17 @@ def summarize(cfg, pre, ft):
                 rows[f"{_name(s)}_{'sparse' if sparse_ft else 'dense'}"] = row
         benefit = [ft[(seed, NONE, task, False)]["best_val_loss"] - ft[(seed, 0.0, task, False)]["best_val_loss"]
                    for seed in seeds if (seed, NONE, task, False) in ft and (seed, 0.0, task, False) in ft]
-        summary["finetune"][task] = dict(rows=rows, seeds=seeds, benefit_val_loss=stats(benefit))
+        top = max(sparsities)  # reading c, paired by seed: L(sparse FT) - L(dense FT) at the top sparsity
+        c = [ft[(seed, top, task, True)]["best_val_loss"] - ft[(seed, top, task, False)]["best_val_loss"]
+             for seed in seeds if (seed, top, task, True) in ft and (seed, top, task, False) in ft]
+        summary["finetune"][task] = dict(rows=rows, seeds=seeds, benefit_val_loss=stats(benefit),
+                                         sparse_minus_dense_ft=dict(stats=stats(c), holds=sum(d > 0 for d in c)))
+    gaps = {}  # reading a, paired by seed: each step up in sparsity raises the pre-training loss
+    for lo, hi in zip(sparsities, sparsities[1:]):
+        d = [pre[(seed, hi)][-1]["val_loss"] - pre[(seed, lo)][-1]["val_loss"]
+             for seed in sorted({k[0] for k in pre}) if (seed, lo) in pre and (seed, hi) in pre]
+        gaps[f"{_name(hi)} - {_name(lo)}"] = dict(stats=stats(d), holds=sum(x > 0 for x in d))
+    summary["pretrain_gaps"] = gaps
     return summary
 
 
@@ -234,6 +247,11 @@ def write_tables(cfg, root, summary):
         p = summary["pretrain"][_name(s)]
         tokens, flops = (f"{p['tokens']:,}", f"{p['flops']:.3g}") if p["flops"] else ("–", "–")
         lines.append(f"| {label(s)} | {fmt(p['val_loss'], 3)} | {tokens} | {flops} |")
+    lines += ["", "Per seed: " + "; ".join(f"{label(s)} " + ", ".join(f"{v:.3f}" for v in summary["pretrain"][_name(s)]["per_seed"].values())
+                                         for s in sparsities) + ".",
+              "", "Paired by seed (higher minus lower sparsity; > 0 where the reading holds): " + "; ".join(
+        f"{k}: {fmt(g['stats'], 3)} ({g['holds']} of {g['stats'][2]} seeds)" for k, g in summary["pretrain_gaps"].items()
+        if g["stats"][2]) + "."]
     for task, t in summary["finetune"].items():
         if not t["rows"]:
             continue
@@ -260,6 +278,16 @@ def write_tables(cfg, root, summary):
                 total = pre_flops + row["flops_finetune"][0] if pre_flops is not None and row["flops_finetune"][0] else None
                 cols.append(f"{total:.3g}" if total else "–")
                 lines.append(f"| {label(s)} | {'sparse' if sparse_ft else 'dense'} | " + " | ".join(cols) + " |")
+        c = t["sparse_minus_dense_ft"]
+        if c["stats"][2]:
+            lines += ["", f"Reading c, paired by seed: FT val loss of sparse minus dense fine-tuning at the top sparsity "
+                      f"{fmt(c['stats'], 3)} (> 0, dense FT better, in {c['holds']} of {c['stats'][2]} seeds)."]
+        lines += ["", "Per seed, FT val loss (BLEU):", "", "| cell | " + " | ".join(f"seed {x}" for x in t["seeds"]) + " |",
+                  "|---|" + "---|" * len(t["seeds"])]
+        for key, row in t["rows"].items():
+            per = {str(k): v for k, v in row["per_seed"].items()}  # keys are strings once read back from JSON
+            lines.append(f"| {key} | " + " | ".join(f"{per[str(x)][0]:.3f} ({per[str(x)][1]:.2f})" if str(x) in per else "–"
+                                                     for x in t["seeds"]) + " |")
     lines += ["", "Paper (GPT-2 Small, Table 1, BLEU E2E / WebNLG / DART): " + "; ".join(
         f"{s:.0%}: " + " / ".join(f"{b:.2f}" for b in bleus) for s, bleus in PAPER_TABLE1.items()) + "."]
     (root / "table.md").write_text("\n".join(lines) + "\n")

@@ -24,6 +24,14 @@ def test_grid_with_control_writes_tables_plots_benefit_retained_and_resumes_with
     assert rows["s0.75_dense"]["retained_val_loss"][0] == pytest.approx(expect)
     assert rows["s0_dense"]["retained_val_loss"][0] == pytest.approx(1.0)
     assert "retained_val_loss" not in rows["none_dense"] and "retained_val_loss" not in rows["s0.75_sparse"]
+    # readings a and c are paired by seed
+    c = summary["finetune"]["e2e"]["sparse_minus_dense_ft"]
+    assert c["stats"][0] == pytest.approx(loss("e2e_s0.75_sparse") - loss("e2e_s0.75_dense"))
+    assert c["holds"] == int(c["stats"][0] > 0)
+    last_val = lambda cell: json.loads((runs / cell / "log.jsonl").read_text().splitlines()[-1])["val_loss"]
+    gap = summary["pretrain_gaps"]["s0.75 - s0"]["stats"][0]
+    assert gap == pytest.approx(last_val("pretrain_s0.75") - last_val("pretrain_s0"))
+    assert f"| s0.75_sparse | {loss('e2e_s0.75_sparse'):.3f} (" in table and "Reading c, paired by seed" in table
     assert (tmp_path / "pretrain_loss.png").read_bytes()[:4] == b"\x89PNG"
     assert (tmp_path / "finetune_vs_sparsity.png").read_bytes()[:4] == b"\x89PNG"
     metrics = runs / "e2e_s0.75_dense" / "metrics.json"
