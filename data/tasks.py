@@ -81,12 +81,13 @@ def read_webnlg(path):
 
 
 def read_dart(path):
-    """Yale-LILY/dart JSON: a list of {tripleset, annotations}; relations lower-cased."""
+    """Yale-LILY/dart JSON: a list of {tripleset, annotations}; relations lower-cased. An annotation
+    without text (one in the test set: an empty <lex/> in the official XML) is not a reference."""
     with open(path, encoding="utf-8") as f:
         data = json.load(f)
-    return [dict(context=linearize(d["tripleset"], lower_relations=True),
-                 refs=[a["text"] for a in d["annotations"]], seen=None)
-            for d in data if d["annotations"]]
+    groups = [dict(context=linearize(d["tripleset"], lower_relations=True),
+                   refs=[a["text"] for a in d["annotations"] if (a.get("text") or "").strip()], seen=None) for d in data]
+    return [g for g in groups if g["refs"]]
 
 
 def read_summaries(path):
