@@ -98,6 +98,14 @@ def _flag(flags, key):
     return next(a for a in flags if a.startswith(f"--{key}=")).split("=", 1)[1]
 
 
+def finished_log(pdir, scale):
+    """The pre-training run's log records if it reached the scale's last step and evaluated, else None."""
+    log = pdir / "log.jsonl"
+    records = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    done = records and "val_loss" in records[-1] and records[-1]["iter"] == int(_flag(scale["pretrain"], "max_iters"))
+    return records if done else None
+
+
 def write_control(scale, seed, path):
     """The control: the pre-training model at its random initialization, saved like a checkpoint."""
     mcfg = preset_config(_flag(scale["pretrain"], "model"), int(_flag(scale["pretrain"], "block_size")))
@@ -111,15 +119,12 @@ def write_control(scale, seed, path):
 def run_grid(cfg, root):
     scale = SCALES[cfg["scale"]]
     device = [f"--device={cfg['device']}"]
-    max_iters = int(_flag(scale["pretrain"], "max_iters"))
     for seed, s, task, sparse_ft in cells(cfg):
         pdir = pre_dir(root, seed, s)
         if s is NONE and not (pdir / "ckpt.pt").exists():
             write_control(scale, seed, pdir)
         elif s is not NONE:
-            log = pdir / "log.jsonl"
-            last = json.loads(log.read_text().splitlines()[-1]) if log.exists() and log.read_text().strip() else {}
-            if not ("val_loss" in last and last["iter"] == max_iters):
+            if finished_log(pdir, scale) is None:
                 print(f"== pre-train seed {seed}, sparsity {s:g}")
                 resume = ["--init_from=resume"] if (pdir / "ckpt.pt").exists() else []  # an interrupted run
                 pretrain.main([*scale["pretrain"], *device, f"--sparsity={s}", f"--seed={seed}",
@@ -137,13 +142,10 @@ def run_grid(cfg, root):
 def collect(cfg, root):
     """Pre-training logs by (seed, s) and fine-tuning metrics by cell, for every finished cell."""
     pre, ft = {}, {}
-    max_iters = int(_flag(SCALES[cfg["scale"]]["pretrain"], "max_iters"))
     for seed, s, task, sparse_ft in cells(cfg):
-        log = pre_dir(root, seed, s) / "log.jsonl"
-        if s is not NONE and log.exists():
-            records = [json.loads(line) for line in log.read_text().splitlines()]
-            if records and "val_loss" in records[-1] and records[-1]["iter"] == max_iters:  # finished runs only
-                pre[(seed, s)] = records
+        if s is not NONE and (seed, s) not in pre:  # each log once, though several cells share it
+            if (records := finished_log(pre_dir(root, seed, s), SCALES[cfg["scale"]])) is not None:
+                pre[(seed, s)] = records  # finished runs only
         path = ft_dir(root, seed, s, task, sparse_ft) / "metrics.json"
         if path.exists():
             ft[(seed, s, task, sparse_ft)] = json.loads(path.read_text())
@@ -180,6 +182,13 @@ def retained(ft, task, seeds, s, key, higher_better):
     return out
 
 
+def paired(ft, task, seeds, a, b):
+    """Per seed, FT validation loss of cell a minus cell b, each (pre-training sparsity, sparse_ft)."""
+    loss = lambda seed, cell: ft[(seed, cell[0], task, cell[1])]["best_val_loss"]
+    return [loss(seed, a) - loss(seed, b) for seed in seeds
+            if (seed, a[0], task, a[1]) in ft and (seed, b[0], task, b[1]) in ft]
+
+
 def summarize(cfg, pre, ft):
     """Every number of table.md, as data (summary.json), per task and pre-training."""
     sparsities = [float(s) for s in cfg["sparsities"].split(",")]
@@ -209,11 +218,9 @@ def summarize(cfg, pre, ft):
                     row["retained_val_loss"] = stats(retained(ft, task, seeds, s, "best_val_loss", False))
                     row["retained_bleu"] = stats(retained(ft, task, seeds, s, "bleu", True))
                 rows[f"{_name(s)}_{'sparse' if sparse_ft else 'dense'}"] = row
-        benefit = [ft[(seed, NONE, task, False)]["best_val_loss"] - ft[(seed, 0.0, task, False)]["best_val_loss"]
-                   for seed in seeds if (seed, NONE, task, False) in ft and (seed, 0.0, task, False) in ft]
-        top = max(sparsities)  # reading c, paired by seed: L(sparse FT) - L(dense FT) at the top sparsity
-        c = [ft[(seed, top, task, True)]["best_val_loss"] - ft[(seed, top, task, False)]["best_val_loss"]
-             for seed in seeds if (seed, top, task, True) in ft and (seed, top, task, False) in ft]
+        benefit = paired(ft, task, seeds, (NONE, False), (0.0, False))
+        top = max(sparsities)  # reading c: L(sparse FT) - L(dense FT) at the top sparsity
+        c = paired(ft, task, seeds, (top, True), (top, False))
         summary["finetune"][task] = dict(rows=rows, seeds=seeds, benefit_val_loss=stats(benefit),
                                          sparse_minus_dense_ft=dict(stats=stats(c), holds=sum(d > 0 for d in c)))
     gaps = {}  # reading a, paired by seed: each step up in sparsity raises the pre-training loss
@@ -285,8 +292,8 @@ def write_tables(cfg, root, summary):
         lines += ["", "Per seed, FT val loss (BLEU):", "", "| cell | " + " | ".join(f"seed {x}" for x in t["seeds"]) + " |",
                   "|---|" + "---|" * len(t["seeds"])]
         for key, row in t["rows"].items():
-            per = {str(k): v for k, v in row["per_seed"].items()}  # keys are strings once read back from JSON
-            lines.append(f"| {key} | " + " | ".join(f"{per[str(x)][0]:.3f} ({per[str(x)][1]:.2f})" if str(x) in per else "–"
+            per = row["per_seed"]
+            lines.append(f"| {key} | " + " | ".join(f"{per[x][0]:.3f} ({per[x][1]:.2f})" if x in per else "–"
                                                      for x in t["seeds"]) + " |")
     lines += ["", "Paper (GPT-2 Small, Table 1, BLEU E2E / WebNLG / DART): " + "; ".join(
         f"{s:.0%}: " + " / ".join(f"{b:.2f}" for b in bleus) for s, bleus in PAPER_TABLE1.items()) + "."]
