@@ -39,7 +39,24 @@ def spmm(csr, x2, bias=None):
         y = csr_matmul_reference(csr, x2.float())
         return y if bias is None else y + bias.float()
     return ext.spmm(csr.crow, csr.col, csr.values.float(), None if bias is None else bias.float(),
-                    x2.float(), csr.shape[0])
+                    x2.float(), csr.shape[0], _bounds(ext, csr, x2.shape[0]))
+
+
+def _bounds(ext, csr, tokens):
+    """Where each row's entries cross into the next column block (the tiled kernel's plan): a
+    function of the pattern, so it is computed once per CSR and block width and kept in csr.cache."""
+    kb = ext.block_cols(tokens)
+    if kb == 0:
+        return None  # few tokens: the gather path needs no plan
+    try:  # the same tensors, unmodified (in-place writes, e.g. load_state_dict, bump _version)
+        stamp = (csr.crow.data_ptr(), csr.col.data_ptr(), csr.crow._version, csr.col._version)
+    except RuntimeError:  # inference tensors keep no version: compute it every call
+        return None
+    key = ("cpu_bounds", kb)
+    hit = csr.cache.get(key)
+    if hit is None or hit[0] != stamp:
+        hit = csr.cache[key] = (stamp, ext.bounds(csr.crow, csr.col, csr.shape[1], kb))
+    return hit[1]
 
 
 def sddmm(csr, dy2, x2):

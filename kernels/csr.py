@@ -12,7 +12,7 @@ product of the input with row i of W: in CSR that row is a short list of (column
 and the zeros are never touched. That is all the saving there is; the fast kernels in cpu.py and
 triton_csr.py only arrange the same arithmetic so the hardware can run it at full width.
 """
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -23,6 +23,9 @@ class CSR:
     col: torch.Tensor     # int32 (nnz,); the kernels also take int16 (SparseLinear's narrow copy)
     values: torch.Tensor  # (nnz,)
     shape: tuple          # (rows, cols) = (out_features, in_features)
+    # what a kernel derives from the pattern alone (crow, col), kept between calls: the pattern
+    # is fixed while the values train. Entries check that crow and col are still the same tensors.
+    cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def nnz(self):

@@ -11,6 +11,8 @@
 //   in a small buffer. The nonzeros are first copied into exactly that visiting order (row block,
 //   column block, row), so the weights stream through memory sequentially: read in CSR row order,
 //   the same sweep touches RB separate places per column block and the prefetcher loses track.
+//   Where each row's entries cross into the next column block depends on the pattern alone, so
+//   the caller computes that table once (bounds) and the copy per call is one pass.
 //   Each thread takes whole token tiles (its own packing buffer, reused); when there are fewer
 //   tiles than threads, a tile's rows are split between threads instead.
 //   Reading and writing the token-major x and y goes through 8x8 register transposes: writing a
@@ -26,7 +28,6 @@
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <algorithm>
-#include <memory>
 #include <vector>
 #ifdef __AVX2__
 #include <immintrin.h>
@@ -100,53 +101,78 @@ static void pack_tile(const float* x, int64_t N, int64_t K, int64_t t0, float* o
     for (int64_t k = 0; k < K; k++) std::fill(out + k * TILE + nt, out + (k + 1) * TILE, 0.f);
 }
 
-// the nonzeros in the order the kernel visits them: (row block, column block, row).
-// Segment q = (rb * nkb + c) * RB + (i % RB) holds row i's entries in column block c,
-// start[q] .. start[q + 1] in col/val.
+// Where each row's entries cross into the next column block: bnd[i * (nkb + 1) + c] is the first
+// entry of row i whose column is >= c * KB (the columns are sorted, so row i's entries in column
+// block c are the run bnd[..c] .. bnd[..c + 1]). It depends on the pattern alone, which stays fixed
+// while the values train: cpu.py asks for it once per layer (bounds() below) and passes it back.
+template <typename Index>
+static void fill_bounds(const int* crow, const Index* col, int64_t K, int64_t M, int64_t KB, int* bnd) {
+  const int64_t nkb = (K + KB - 1) / KB;
+  at::parallel_for(0, M, grain(M, (int64_t)crow[M] + M * nkb), [&](int64_t lo, int64_t hi) {
+    for (int64_t i = lo; i < hi; i++) {
+      int* b = bnd + i * (nkb + 1);
+      int64_t p = crow[i];
+      for (int64_t c = 0; c < nkb; c++) {
+        b[c] = (int)p;
+        const int64_t lim = std::min<int64_t>(K, (c + 1) * KB);
+        while (p < crow[i + 1] && col[p] < lim) p++;
+      }
+      b[nkb] = crow[i + 1];
+    }
+  });
+}
+
+// One nonzero as the kernel reads it: the offset of its column's row in the packed x tile
+// (col * TILE floats) and its weight, side by side, so the weights are one sequential stream.
+struct Entry {
+  int off;
+  float w;
+};
+
+// The nonzeros in the order the kernel visits them: (row block, column block, row). Segment
+// q = (rb * nkb + c) * RB + (i % RB) holds row i's entries in column block c: ent[start[q] ..
+// start[q + 1]). Read in CSR row order, one sweep would touch RB separate places per column block
+// and the prefetcher would lose track. Rebuilt every call (the values change every step) into
+// buffers that this thread keeps: a fresh one per call would page-fault its way in.
 struct Blocked {
   std::vector<int64_t> start;
-  std::unique_ptr<int[]> col;  // not std::vector: its zero-fill would be one more pass over memory
-  std::unique_ptr<float[]> val;
+  std::vector<Entry> ent;
 };
 
 template <typename Index>
-static Blocked block_nonzeros(const int* crow, const Index* col, const float* val, int64_t K, int64_t M, int64_t KB) {
-  const int64_t nkb = (K + KB - 1) / KB, nrb = (M + RB - 1) / RB, nseg = nrb * nkb * RB;
-  Blocked b{std::vector<int64_t>(nseg + 1, 0), std::unique_ptr<int[]>(new int[crow[M]]),
-            std::unique_ptr<float[]>(new float[crow[M]])};
-  auto segment = [&](int64_t i, int64_t c) { return ((i / RB) * nkb + c) * RB + i % RB; };
-  at::parallel_for(0, M, grain(M, M * nkb * 16), [&](int64_t lo_row, int64_t hi_row) {
-    for (int64_t i = lo_row; i < hi_row; i++) {
-      int64_t p = crow[i];
-      for (int64_t c = 0; c < nkb; c++) {  // columns are sorted: each block is one run of the row
-        const int64_t end = c + 1 == nkb ? crow[i + 1]
-                                         : std::lower_bound(col + p, col + crow[i + 1], (Index)std::min<int64_t>(K, (c + 1) * KB)) - col;
-        b.start[segment(i, c) + 1] = end - p;
-        p = end;
-      }
-    }
-  });
-  for (int64_t q = 0; q < nseg; q++) b.start[q + 1] += b.start[q];  // counts -> offsets
-  at::parallel_for(0, M, grain(M, crow[M]), [&](int64_t lo_row, int64_t hi_row) {
-    for (int64_t i = lo_row; i < hi_row; i++) {
-      int64_t p = crow[i];
+static const Blocked& block_nonzeros(const int* crow, const Index* col, const float* val, const int* bnd,
+                                     int64_t M, int64_t nkb, int64_t RB, int64_t TILE) {
+  thread_local Blocked mine;
+  Blocked& b = mine;  // the caller's: inside the lambda, `mine` would name each worker's own
+  const int64_t nrb = (M + RB - 1) / RB;
+  b.start.resize(nrb * nkb * RB + 1);
+  if ((int64_t)b.ent.size() < crow[M]) b.ent.resize(crow[M]);
+  at::parallel_for(0, nrb, grain(nrb, (int64_t)crow[M] + M * nkb), [&](int64_t lo, int64_t hi) {
+    for (int64_t rb = lo; rb < hi; rb++) {
+      const int64_t r0 = rb * RB, rows = std::min(RB, M - r0);
+      int64_t d = crow[r0];  // a row block keeps its place as a whole; only the order inside changes
+      int64_t* s = b.start.data() + rb * nkb * RB;
       for (int64_t c = 0; c < nkb; c++)
-        for (int64_t d = b.start[segment(i, c)]; d < b.start[segment(i, c) + 1]; d++, p++) {
-          b.col[d] = col[p];
-          b.val[d] = val[p];
+        for (int64_t r = 0; r < RB; r++) {
+          s[c * RB + r] = d;
+          if (r >= rows) continue;  // the last block's missing rows: empty segments
+          const int* bd = bnd + (r0 + r) * (nkb + 1) + c;
+          for (int64_t p = bd[0]; p < bd[1]; p++, d++) b.ent[d] = Entry{(int)(col[p] * TILE), val[p]};
         }
     }
   });
+  b.start[nrb * nkb * RB] = crow[M];
   return b;
 }
 
+constexpr int64_t slab_cols(int TILE) { return std::max<int64_t>(VW, SLAB_BYTES / (TILE * 4)); }
+
 template <int TILE, typename Index>
-static void spmm_tiled(const int* crow, const Index* col, const float* val, const float* bias,
+static void spmm_tiled(const int* crow, const Index* col, const float* val, const int* bnd, const float* bias,
                        const float* x, float* y, int64_t N, int64_t K, int64_t M) {
   constexpr int V = TILE / VW;  // accumulator registers per row
-  const int64_t KB = std::max<int64_t>(VW, SLAB_BYTES / (TILE * 4));
-  const int64_t nkb = (K + KB - 1) / KB, nrb = (M + RB - 1) / RB, ntiles = (N + TILE - 1) / TILE;
-  const Blocked w = block_nonzeros(crow, col, val, K, M, KB);
+  const int64_t nkb = (K + slab_cols(TILE) - 1) / slab_cols(TILE), nrb = (M + RB - 1) / RB, ntiles = (N + TILE - 1) / TILE;
+  const Blocked& w = block_nonzeros(crow, col, val, bnd, M, nkb, RB, TILE);
   // work item = (token tile, chunk of row blocks)
   const int64_t nchunks = row_chunks(nrb, ntiles), per_chunk = (nrb + nchunks - 1) / nchunks;
   at::parallel_for(0, ntiles * nchunks, grain(ntiles * nchunks, (int64_t)crow[M] * N), [&](int64_t b, int64_t e) {
@@ -159,14 +185,14 @@ static void spmm_tiled(const int* crow, const Index* col, const float* val, cons
       for (int64_t rb = chunk * per_chunk; rb < std::min(nrb, (chunk + 1) * per_chunk); rb++) {
         const int64_t r0 = rb * RB, rows = std::min(RB, M - r0);
         for (int64_t c = 0; c < nkb; c++) {  // the (KB, TILE) slab of x is reused by all RB rows
+          const int64_t* seg = w.start.data() + (rb * nkb + c) * RB;
           for (int64_t r = 0; r < rows; r++) {
             vec acc[V];
             for (int u = 0; u < V; u++) acc[u] = c == 0 ? vec{} + (bias ? bias[r0 + r] : 0.f) : part[r * V + u];
-            const int64_t q = (rb * nkb + c) * RB + r;
-            for (int64_t p = w.start[q]; p < w.start[q + 1]; p++) {
-              const float v = w.val[p];
-              const vec* xr = (const vec*)(xt + (int64_t)w.col[p] * TILE);
-              for (int u = 0; u < V; u++) acc[u] += v * xr[u];
+            for (int64_t p = seg[r]; p < seg[r + 1]; p++) {
+              const Entry en = w.ent[p];
+              const vec* xr = (const vec*)(xt + en.off);
+              for (int u = 0; u < V; u++) acc[u] += en.w * xr[u];
             }
             for (int u = 0; u < V; u++) part[r * V + u] = acc[u];
           }
@@ -183,11 +209,6 @@ static void spmm_tiled(const int* crow, const Index* col, const float* val, cons
 // registers; here every FMA needs its own 64-byte load of x (the loads, not the FMAs, are the
 // limit: per nonzero V loads of x plus two scalar loads, value and column, for V FMAs). What
 // differs from the generic path, each measured on a 2-core Xeon (AVX-512), see kernels/README.md:
-// - No reordered copy of the nonzeros (it cost 4-8 % of a product, per call): since the columns
-//   are sorted, row i's entries in column block c are a run of the CSR arrays, and a table of the
-//   run boundaries (M x (nkb + 1) ints, one pass over the column indices) is all the kernel needs.
-//   The rows' runs are interleaved in the visiting order, so the weights of a row 8 rows ahead are
-//   prefetched by hand.
 // - RB_512 = 256 rows per block instead of 64: the (KB, TILE) slab of x brought into L1 is
 //   reused by 4x more rows; the partial sums (256 x 512 B) now live in L2, read and written
 //   sequentially once per row and column block.
@@ -250,24 +271,11 @@ static void transpose512(const float* src, int64_t lds, float* dst, int64_t ldd,
 }
 
 template <typename Index>
-static void spmm_avx512(const int* crow, const Index* col, const float* val, const float* bias,
+static void spmm_avx512(const int* crow, const Index* col, const float* val, const int* bnd, const float* bias,
                         const float* x, float* y, int64_t N, int64_t K, int64_t M) {
   constexpr int TILE = TILE_512, V = TILE / 16;
   const int64_t nkb = (K + KB_512 - 1) / KB_512, nrb = (M + RB_512 - 1) / RB_512, ntiles = (N + TILE - 1) / TILE;
-  // bnd[i * (nkb + 1) + c]: the first entry of row i whose column is >= c * KB_512
-  std::unique_ptr<int[]> bnd(new int[M * (nkb + 1)]);
-  at::parallel_for(0, M, grain(M, (int64_t)crow[M] + M * nkb), [&](int64_t lo, int64_t hi) {
-    for (int64_t i = lo; i < hi; i++) {
-      int* b = bnd.get() + i * (nkb + 1);
-      int64_t p = crow[i];
-      for (int64_t c = 0; c < nkb; c++) {
-        b[c] = (int)p;
-        const int64_t lim = std::min<int64_t>(K, (c + 1) * KB_512);
-        while (p < crow[i + 1] && col[p] < lim) p++;
-      }
-      b[nkb] = crow[i + 1];
-    }
-  });
+  const Blocked& w = block_nonzeros(crow, col, val, bnd, M, nkb, RB_512, TILE);
   const bool stream = (uintptr_t)y % 64 == 0 && M % 16 == 0 && N * M * 4 >= STREAM_BYTES;
   const int64_t nchunks = row_chunks(nrb, ntiles), per_chunk = (nrb + nchunks - 1) / nchunks;
   at::parallel_for(0, ntiles * nchunks, grain(ntiles * nchunks, (int64_t)crow[M] * N), [&](int64_t b, int64_t e) {
@@ -292,21 +300,17 @@ static void spmm_avx512(const int* crow, const Index* col, const float* val, con
           const char* next = (const char*)(xt + nc * KB_512 * TILE);
           const int64_t lines = std::min<int64_t>(KB_512, K - nc * KB_512) * TILE / 16;
           const int64_t per_row = (lines + rows - 1) / rows;
+          const int64_t* seg = w.start.data() + (rb * nkb + c) * RB_512;
           for (int64_t r = 0; r < rows; r++) {
             for (int64_t l = r * per_row; l < std::min(lines, (r + 1) * per_row); l++)
               _mm_prefetch(next + 64 * l, _MM_HINT_T1);
-            const int* bd = bnd.get() + (r0 + r) * (nkb + 1) + c;
-            if (r + 8 < rows) {  // the weights of the row 8 ahead
-              const int64_t q = bd[8 * (nkb + 1)];
-              _mm_prefetch((const char*)(val + q), _MM_HINT_T0);
-              _mm_prefetch((const char*)(col + q), _MM_HINT_T0);
-            }
             __m512 acc[V];
             for (int u = 0; u < V; u++)
               acc[u] = c == 0 ? _mm512_set1_ps(bias ? bias[r0 + r] : 0.f) : part[r * V + u];
-            for (int64_t p = bd[0]; p < bd[1]; p++) {
-              const __m512 v = _mm512_set1_ps(val[p]);
-              const float* xr = xt + (int64_t)col[p] * TILE;
+            for (int64_t p = seg[r]; p < seg[r + 1]; p++) {
+              const Entry en = w.ent[p];
+              const __m512 v = _mm512_set1_ps(en.w);
+              const float* xr = xt + en.off;
               for (int u = 0; u < V; u++) acc[u] = _mm512_fmadd_ps(v, _mm512_load_ps(xr + 16 * u), acc[u]);
             }
             for (int u = 0; u < V; u++) part[r * V + u] = acc[u];
@@ -367,15 +371,36 @@ static void with_index(const torch::Tensor& col, F&& f) {
   else TORCH_CHECK(false, "column indices must be int32 or int16");
 }
 
+// The column-block width of the tiled kernel that N tokens take, 0 for the gather path (no blocks)
+int64_t block_cols(int64_t N) {
+#ifdef __AVX512F__
+  if (N >= TILE_512) return KB_512;
+#endif
+  return N >= BIG_TILE ? slab_cols(BIG_TILE) : N >= 8 ? slab_cols(2 * VW) : 0;
+}
+
+torch::Tensor bounds(torch::Tensor crow, torch::Tensor col, int64_t K, int64_t KB) {
+  TORCH_CHECK(crow.scalar_type() == torch::kInt && KB > 0, "bounds: int32 row pointers, KB > 0");
+  const int64_t M = crow.numel() - 1, nkb = (K + KB - 1) / KB;
+  auto bnd = torch::empty({M * (nkb + 1)}, crow.options());
+  with_index(col, [&](auto cl) { fill_bounds(crow.data_ptr<int>(), cl, K, M, KB, bnd.data_ptr<int>()); });
+  return bnd;
+}
+
+// bnd: bounds(crow, col, K, block_cols(N)) when the caller keeps it, else computed here
 torch::Tensor spmm(torch::Tensor crow, torch::Tensor col, torch::Tensor val,
-                   c10::optional<torch::Tensor> bias, torch::Tensor x, int64_t M) {
+                   c10::optional<torch::Tensor> bias, torch::Tensor x, int64_t M, c10::optional<torch::Tensor> bnd) {
   TORCH_CHECK(x.dim() == 2 && x.scalar_type() == torch::kFloat && val.scalar_type() == torch::kFloat,
               "spmm: x (N, K) and values must be float32");
   TORCH_CHECK(crow.scalar_type() == torch::kInt, "spmm: int32 row pointers");
   x = x.contiguous();
-  const int64_t N = x.size(0), K = x.size(1);
+  const int64_t N = x.size(0), K = x.size(1), KB = block_cols(N);
+  TORCH_CHECK(K * 256 < (int64_t{1} << 31), "spmm: in_features too large for 32-bit tile offsets");
   auto y = torch::empty({N, M}, x.options());
   if (K == 0) return bias.has_value() ? bias->expand({N, M}).contiguous() : y.zero_();  // an empty sum
+  if (KB > 0 && !bnd.has_value()) bnd = bounds(crow, col, K, KB);
+  TORCH_CHECK(KB == 0 || bnd->numel() == M * ((K + KB - 1) / KB + 1), "spmm: bounds made for another shape");
+  const int* bd = KB > 0 ? bnd->data_ptr<int>() : nullptr;
   const float* b = bias.has_value() ? bias->data_ptr<float>() : nullptr;
   const int* cr = crow.data_ptr<int>();
   const float* v = val.data_ptr<float>();
@@ -383,11 +408,11 @@ torch::Tensor spmm(torch::Tensor crow, torch::Tensor col, torch::Tensor val,
   float* yp = y.data_ptr<float>();
   with_index(col, [&](auto cl) {
 #ifdef __AVX512F__
-    if (N >= TILE_512) spmm_avx512(cr, cl, v, b, xp, yp, N, K, M);
+    if (N >= TILE_512) spmm_avx512(cr, cl, v, bd, b, xp, yp, N, K, M);
     else
 #endif
-    if (N >= BIG_TILE) spmm_tiled<BIG_TILE>(cr, cl, v, b, xp, yp, N, K, M);
-    else if (N >= 8) spmm_tiled<2 * VW>(cr, cl, v, b, xp, yp, N, K, M);
+    if (N >= BIG_TILE) spmm_tiled<BIG_TILE>(cr, cl, v, bd, b, xp, yp, N, K, M);
+    else if (N >= 8) spmm_tiled<2 * VW>(cr, cl, v, bd, b, xp, yp, N, K, M);
     else spmm_gather(cr, cl, v, b, xp, yp, N, K, M);
   });
   return y;
@@ -432,6 +457,9 @@ torch::Tensor sddmm(torch::Tensor crow, torch::Tensor col, torch::Tensor dy, tor
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("spmm", &spmm, "y = x @ W.T with W in CSR (fp32)");
+  m.def("spmm", &spmm, "y = x @ W.T with W in CSR (fp32)", py::arg("crow"), py::arg("col"), py::arg("val"),
+        py::arg("bias"), py::arg("x"), py::arg("M"), py::arg("bnd") = py::none());
+  m.def("block_cols", &block_cols, "column-block width of the kernel N tokens take (0: none)");
+  m.def("bounds", &bounds, "where each row's entries cross into the next column block");
   m.def("sddmm", &sddmm, "weight gradient at the CSR nonzeros (fp32)");
 }

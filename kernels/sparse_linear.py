@@ -77,7 +77,8 @@ class _CSRLinearFn(torch.autograd.Function):
         dy2 = _flat(dy, layer.out_features)
         grad_x = grad_values = grad_bias = None
         if ctx.needs_input_grad[0]:
-            csr_t = CSR(layer.crow_t, layer.col_t, values[layer.perm], (layer.in_features, layer.out_features))
+            csr_t = CSR(layer.crow_t, layer.col_t, values[layer.perm], (layer.in_features, layer.out_features),
+                        layer.kernel_cache_t)
             grad_x = _spmm2d(csr_t, dy2).to(x2.dtype).reshape(ctx.x_shape)
         if ctx.needs_input_grad[1]:
             grad_values = _sddmm(layer.pattern(values), dy2, x2).to(values.dtype)
@@ -104,6 +105,8 @@ class SparseLinear(nn.Module):
         self.register_buffer("crow_t", csr_t.crow)
         self.register_buffer("col_t", csr_t.col.to(index))
         self.register_buffer("perm", perm)
+        # the kernels' per-pattern plans for W and W.T (see CSR.cache), kept across steps
+        self.kernel_cache, self.kernel_cache_t = {}, {}
 
     @classmethod
     def from_linear(cls, linear, mask=None):
@@ -112,7 +115,7 @@ class SparseLinear(nn.Module):
 
     def pattern(self, values):
         """The CSR the kernels take: this layer's pattern (int16 or int32 columns) with `values`."""
-        return CSR(self.crow, self.col, values, (self.out_features, self.in_features))
+        return CSR(self.crow, self.col, values, (self.out_features, self.in_features), self.kernel_cache)
 
     def csr(self):
         """The weight as a CSR in the documented format (int32 columns)."""

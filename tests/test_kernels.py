@@ -75,6 +75,27 @@ def test_csr_matmul_many_tokens(ext, m, k, n):
         torch.testing.assert_close(y, x @ w.t() + b, rtol=1e-4, atol=1e-4)
 
 
+def test_csr_matmul_large_pattern_is_reordered_by_every_thread(ext):
+    # 4.3M nonzeros: enough work that the per-call reordering of the nonzeros runs in parallel
+    w = masked(4200, 4100, 0.25)
+    x = torch.randn(128, 4100)
+    torch.testing.assert_close(kernels.csr_matmul(to_csr(w), x), x @ w.t(), rtol=1e-4, atol=1e-3)
+
+
+def test_sparse_linear_keeps_its_kernel_plan_and_renews_it_when_the_pattern_changes(ext):
+    w = masked(96, 200, 0.3, empty_rows=(5,))
+    x = torch.randn(256, 200)
+    sl = kernels.SparseLinear(to_csr(w))
+    with torch.no_grad():
+        torch.testing.assert_close(sl(x), x @ w.t(), rtol=1e-4, atol=1e-4)
+        (plan,) = sl.kernel_cache.values()
+        sl(x)
+        assert next(iter(sl.kernel_cache.values())) is plan  # computed once, then reused
+        # another pattern loaded in place (other row lengths): a stale plan would mix up the rows
+        sl.load_state_dict(kernels.SparseLinear(to_csr(w.flip(0))).state_dict())
+        torch.testing.assert_close(sl(x), x @ w.flip(0).t(), rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.slow
 def test_csr_matmul_batch_noncontiguous_bias_dtype(ext):
     w, b = masked(96, 80, 0.3), torch.randn(96)
