@@ -45,7 +45,7 @@ def spmm(csr, x2, bias=None):
 def _bounds(ext, csr, tokens):
     """Where each row's entries cross into the next column block (the tiled kernel's plan): a
     function of the pattern, so it is computed once per CSR and block width and kept in csr.cache."""
-    kb = ext.block_cols(tokens)
+    kb = ext.block_cols(tokens, csr.nnz, *csr.shape)
     if kb == 0:
         return None  # few tokens: the gather path needs no plan
     try:  # the same tensors, unmodified (in-place writes, e.g. load_state_dict, bump _version)

@@ -219,7 +219,14 @@ static void spmm_tiled(const int* crow, const Index* col, const float* val, cons
 //   written whole by one store; a large y is written with streaming stores (no read for ownership,
 //   no eviction of the x tile and the weights).
 constexpr int TILE_512 = 128;                // tokens per tile: 8 accumulator registers
-constexpr int64_t KB_512 = 64;               // columns per block: a 32 KB slab of x, 2/3 of L1
+constexpr int64_t SEG_NNZ = 24, KB_MAX = 192;
+// columns per block: enough that a row has about SEG_NNZ entries in each, since its partial sums
+// make one round trip to L2 per block; at least 64 (a 32 KB slab of x, 2/3 of L1), at most
+// KB_MAX (96 KB: the slab spills from L1 to L2, which measured better at 90 % than 4x the trips)
+static int64_t kb_512(int64_t nnz, int64_t M, int64_t K) {
+  const int64_t want = SEG_NNZ * M * K / std::max<int64_t>(1, nnz);
+  return std::min<int64_t>(KB_MAX, std::max<int64_t>(64, (want + 16) / 32 * 32));
+}
 constexpr int64_t RB_512 = 256;              // rows per block
 constexpr int64_t STREAM_BYTES = 4 << 20;    // y at least this large: streaming stores
 
@@ -274,7 +281,8 @@ template <typename Index>
 static void spmm_avx512(const int* crow, const Index* col, const float* val, const int* bnd, const float* bias,
                         const float* x, float* y, int64_t N, int64_t K, int64_t M) {
   constexpr int TILE = TILE_512, V = TILE / 16;
-  const int64_t nkb = (K + KB_512 - 1) / KB_512, nrb = (M + RB_512 - 1) / RB_512, ntiles = (N + TILE - 1) / TILE;
+  const int64_t KB = kb_512(crow[M], M, K);
+  const int64_t nkb = (K + KB - 1) / KB, nrb = (M + RB_512 - 1) / RB_512, ntiles = (N + TILE - 1) / TILE;
   const Blocked& w = block_nonzeros(crow, col, val, bnd, M, nkb, RB_512, TILE);
   const bool stream = (uintptr_t)y % 64 == 0 && M % 16 == 0 && N * M * 4 >= STREAM_BYTES;
   const int64_t nchunks = row_chunks(nrb, ntiles), per_chunk = (nrb + nchunks - 1) / nchunks;
@@ -297,8 +305,8 @@ static void spmm_avx512(const int* crow, const Index* col, const float* val, con
           // the slab after this one (the first, at the last column block) goes to L2 meanwhile,
           // a few lines per row
           const int64_t nc = c + 1 < nkb ? c + 1 : 0;
-          const char* next = (const char*)(xt + nc * KB_512 * TILE);
-          const int64_t lines = std::min<int64_t>(KB_512, K - nc * KB_512) * TILE / 16;
+          const char* next = (const char*)(xt + nc * KB * TILE);
+          const int64_t lines = std::min<int64_t>(KB, K - nc * KB) * TILE / 16;
           const int64_t per_row = (lines + rows - 1) / rows;
           const int64_t* seg = w.start.data() + (rb * nkb + c) * RB_512;
           for (int64_t r = 0; r < rows; r++) {
@@ -372,9 +380,9 @@ static void with_index(const torch::Tensor& col, F&& f) {
 }
 
 // The column-block width of the tiled kernel that N tokens take, 0 for the gather path (no blocks)
-int64_t block_cols(int64_t N) {
+int64_t block_cols(int64_t N, int64_t nnz, int64_t M, int64_t K) {
 #ifdef __AVX512F__
-  if (N >= TILE_512) return KB_512;
+  if (N >= TILE_512) return kb_512(nnz, M, K);
 #endif
   return N >= BIG_TILE ? slab_cols(BIG_TILE) : N >= 8 ? slab_cols(2 * VW) : 0;
 }
@@ -394,7 +402,7 @@ torch::Tensor spmm(torch::Tensor crow, torch::Tensor col, torch::Tensor val,
               "spmm: x (N, K) and values must be float32");
   TORCH_CHECK(crow.scalar_type() == torch::kInt, "spmm: int32 row pointers");
   x = x.contiguous();
-  const int64_t N = x.size(0), K = x.size(1), KB = block_cols(N);
+  const int64_t N = x.size(0), K = x.size(1), KB = block_cols(N, val.numel(), M, K);
   TORCH_CHECK(K * 256 < (int64_t{1} << 31), "spmm: in_features too large for 32-bit tile offsets");
   auto y = torch::empty({N, M}, x.options());
   if (K == 0) return bias.has_value() ? bias->expand({N, M}).contiguous() : y.zero_();  // an empty sum
