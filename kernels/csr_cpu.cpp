@@ -339,13 +339,19 @@ static inline __m256i load8(const int16_t* col) { return _mm256_cvtepi16_epi32(_
 #endif
 
 // sum over p in [begin, end) of val[p] * x[col[p]]: 8 lanes at a time with the AVX2 gather
-// (twice as fast as scalar loads here), two accumulators to overlap the FMA latency
+// (twice as fast as scalar loads here), two accumulators to overlap the FMA latency. In a model
+// the weights come from memory, not cache, and the hardware prefetcher alone left the loop waiting
+// on them: prefetching GATHER_AHEAD entries ahead (4 KB of values) cut the time of gpt2-small's
+// block matrices per generated token by about 30 % (kernels/README.md).
+constexpr int64_t GATHER_AHEAD = 1024;
 template <typename Index>
 static float sparse_dot(const Index* col, const float* val, int64_t p, int64_t end, const float* x) {
   float s = 0.f;
 #ifdef __AVX2__
   __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
   for (; p + 16 <= end; p += 16) {
+    _mm_prefetch((const char*)(val + p + GATHER_AHEAD), _MM_HINT_T0);
+    _mm_prefetch((const char*)(col + p + GATHER_AHEAD), _MM_HINT_T0);
     a0 = _mm256_fmadd_ps(_mm256_loadu_ps(val + p),
                          _mm256_i32gather_ps(x, load8(col + p), 4), a0);
     a1 = _mm256_fmadd_ps(_mm256_loadu_ps(val + p + 8),
