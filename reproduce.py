@@ -313,7 +313,9 @@ def write_plots(cfg, root, pre, summary):
             axes[0].plot([r["tokens_seen"] for r in recs], [r["val_loss"] for r in recs], **kw)
             axes[1].plot([r["flops_spent"] for r in recs], [r["val_loss"] for r in recs], **kw)
     for ax, xlabel in zip(axes, ("tokens", "training FLOPs (SPDF accounting)")):
-        ax.set_xlabel(xlabel), ax.set_ylabel("validation loss"), ax.grid(alpha=0.3), ax.legend()
+        ax.set_xlabel(xlabel), ax.set_ylabel("validation loss"), ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:  # no finished run yet: nothing to name
+            ax.legend()
     fig.suptitle(f"Pre-training, scale {cfg['scale']} (one line per seed)")
     fig.tight_layout()
     fig.savefig(root / "pretrain_loss.png", dpi=110)
@@ -334,7 +336,9 @@ def write_plots(cfg, root, pre, summary):
             if control and control[0] is not None:
                 ax.axhline(control[0], color="gray", ls="--", label="no pre-training")
             ax.set_title(task), ax.set_xlabel("pre-training sparsity (%)"), ax.set_ylabel(ylabel)
-            ax.grid(alpha=0.3), ax.legend(fontsize=8)
+            ax.grid(alpha=0.3)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(root / "finetune_vs_sparsity.png", dpi=110)
     plt.close(fig)
