@@ -49,7 +49,7 @@ def _bounds(ext, csr, tokens):
     if kb == 0:
         return None  # few tokens: the gather path needs no plan
     try:  # the same tensors, unmodified (in-place writes, e.g. load_state_dict, bump _version)
-        stamp = (csr.crow.data_ptr(), csr.col.data_ptr(), csr.crow._version, csr.col._version)
+        stamp = (csr.crow.data_ptr(), csr.col.data_ptr(), csr.crow._version, csr.col._version, csr.shape, csr.nnz)
     except RuntimeError:  # inference tensors keep no version: compute it every call
         return None
     key = ("cpu_bounds", kb)
