@@ -1,0 +1,174 @@
+"""
+The whole GPU check as one command, sized for one sitting on one H100 (each step has a time limit,
+about 9 minutes in all), writing JSON, logs and a README.md table under --out:
+
+    python gpu_check.py                                  # on the GPU machine: writes results/gpu/
+    python gpu_check.py --dry_run=True --out=/tmp/gpu    # the same steps at toy size on the CPU
+
+Steps (each a subprocess; a failure is recorded and the next step still runs):
+  kernel_tests   tests/test_kernels.py and tests/test_triton.py (on CUDA: the Triton SpMM, SDDMM and
+                 SparseLinear forward/backward against masked dense nn.Linear)
+  pretrain       pretrain.py, gpt2-small at 75 %, bf16 autocast, --compile=True; then the saved masks
+                 are checked: exactly round(0.75 * numel) zeros per matrix, and the weights zero there
+  finetune       finetune.py on E2E from that checkpoint, a short smoke run with decoding and BLEU
+  fsdp           torchrun --standalone --nproc_per_node=1 pretrain.py --fsdp=True (NCCL on CUDA)
+  bench_small    bench.py gpt2-small B16 x T1024, compile on, dense and 75 % interleaved
+  bench_xl       bench.py gpt3-xl B8 x T2048, the same
+  kernels        python -m kernels.bench at 8192 tokens: ours vs cuSPARSE vs dense fp32/bf16
+
+The data travel with the code: prepare data/shakespeare and data/e2e on the CPU machine first
+(a pretrain.py and a finetune.py run there do it) and carry those folders.
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+
+from common import check, parse_config, run_cli
+
+DEFAULTS = dict(
+    out="results/gpu",   # JSON, logs and README.md go here
+    dry_run=False,       # toy sizes on the CPU: checks that every step runs, measures nothing
+)
+
+# nanoGPT's training step on the same kind of H100, torch 2.11 (issue 15): tokens/s to compare with
+ANCHOR_TOKENS_PER_S = {"gpt2-small": 447e3, "gpt3-xl": 58.2e3}
+
+
+def steps(out, work, dry):
+    """(name, command, time limit in s) in running order; checkpoints go to work, never to out. The
+    limits add up to 9 minutes, the sitting's budget; they are guesses until the first GPU run.
+    dry: the CPU toy version of each."""
+    py = sys.executable
+    pre = os.path.join(work, "pretrain")
+    if dry:
+        model = ["--model=tiny", "--batch_size=2", "--block_size=32", "--device=cpu", "--eval_iters=2"]
+        train = [*model, "--max_iters=4", "--eval_interval=4", "--compile=False"]
+        ft = ["--device=cpu", "--max_examples=16", "--val_examples=8", "--eval_examples=4", "--max_new_tokens=8",
+              "--beam_size=2", "--batch_size=4"]
+        small, xl = ["--model=tiny", "--batch_size=2", "--steps=2", "--warmup=1", "--device=cpu"], None
+        kern = ["--quick=True", "--devices=cpu", "--tokens=256", "--repeats=1", "--no_gen=True"]
+    else:
+        model = ["--model=gpt2-small", "--batch_size=16", "--block_size=1024", "--eval_iters=5"]
+        train = [*model, "--max_iters=60", "--eval_interval=60", "--compile=True"]
+        ft = ["--max_examples=2000", "--val_examples=200", "--eval_examples=100", "--batch_size=16"]
+        small = ["--model=gpt2-small", "--batch_size=16", "--block_size=1024", "--compile=True"]
+        xl = ["--model=gpt3-xl", "--batch_size=8", "--block_size=2048", "--compile=True"]
+        kern = ["--devices=cuda", "--tokens=8192", "--sparsity=0.5,0.75,0.9,0.95", "--repeats=5", "--no_gen=True"]
+    tests = [py, "-m", "pytest", "-q", "tests/test_kernels.py", "tests/test_triton.py"]
+    run = [
+        ("kernel_tests", tests, 60),
+        ("pretrain", [py, "pretrain.py", *train, "--sparsity=0.75", f"--out_dir={pre}"], 110),
+        ("finetune", [py, "finetune.py", "--task=e2e", f"--init_from={pre}", *ft,
+                      f"--out_dir={os.path.join(work, 'finetune')}"], 60),
+        ("fsdp", [py, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1", "pretrain.py",
+                  *[a for a in train if not a.startswith("--compile")], "--max_iters=10", "--eval_interval=10",
+                  "--sparsity=0.75", "--fsdp=True", f"--out_dir={os.path.join(work, 'fsdp')}"], 60),
+        ("bench_small", [py, "bench.py", *small, f"--json={os.path.join(out, 'bench_small.json')}"], 80),
+        ("bench_xl", xl and [py, "bench.py", *xl, f"--json={os.path.join(out, 'bench_xl.json')}"], 110),
+        ("kernels", [py, "-m", "kernels.bench", *kern, f"--json={os.path.join(out, 'kernels.json')}"], 60),
+    ]
+    return [(name, cmd, limit * (5 if dry else 1)) for name, cmd, limit in run if cmd]  # a CPU has no budget
+
+
+def masks_exact(out_dir):
+    """'' if every saved mask zeroes exactly round(s * numel) entries and the weights are 0 there."""
+    from common import load_checkpoint
+    ckpt = load_checkpoint(os.path.join(out_dir, "ckpt.pt"))
+    s, problems = ckpt["config"]["sparsity"], []
+    if not ckpt["masks"]:
+        return "no masks saved"
+    for name, mask in ckpt["masks"].items():
+        w = ckpt["model"][name]
+        if int((~mask).sum()) != round(s * mask.numel()):
+            problems.append(f"{name}: {int((~mask).sum())} zeros, not {round(s * mask.numel())}")
+        if w[~mask].abs().max().item() != 0:
+            problems.append(f"{name}: nonzero weights off the mask")
+    return "; ".join(problems)
+
+
+def run_step(name, cmd, limit, out):
+    """Runs one step; its output goes to out/<name>.log. Returns its record."""
+    t = time.time()
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=limit)
+        status, text = ("ok" if proc.returncode == 0 else f"failed (exit {proc.returncode})"), proc.stdout + proc.stderr
+    except subprocess.TimeoutExpired as e:
+        status = f"timed out after {limit} s"
+        text = "".join(x.decode() if isinstance(x, bytes) else (x or "") for x in (e.stdout, e.stderr))
+    with open(os.path.join(out, f"{name}.log"), "w") as f:
+        f.write(" ".join(cmd) + "\n\n" + text)
+    return dict(step=name, status=status, seconds=round(time.time() - t, 1), command=" ".join(cmd[1:]))
+
+
+def figures(out):
+    """The measured numbers worth a table row, from the steps' JSON files."""
+    rows = []
+    for name in ("bench_small", "bench_xl"):
+        path = os.path.join(out, f"{name}.json")
+        if not os.path.exists(path):
+            continue
+        with open(path) as f:
+            b = json.load(f)
+        anchor = ANCHOR_TOKENS_PER_S.get(b["config"]["model"])
+        for run in ("dense", "sparse"):
+            r = b[run]
+            vs = f"{r['tokens_per_s'] / anchor:.2f}x nanoGPT" if anchor else ""
+            mfu = f"MFU {100 * r['mfu']:.1f} %" if r.get("mfu") is not None else ""
+            rows.append(f"| {b['config']['model']} {run} (s={r['sparsity']}) | {r['tokens_per_s']:,.0f} tokens/s, "
+                        f"{r['step_ms']:.1f} ms/step {mfu} | {vs} |")
+        rows.append(f"| {b['config']['model']} sparse / dense step | {b['sparse_over_dense']:.3f}x | goal <= 1.01x |")
+    path = os.path.join(out, "kernels.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            k = json.load(f)
+        for r in k["layers"]:
+            ms = ", ".join(f"{n} {v:.2f} ms" for n, v in r["ms"].items())
+            rows.append(f"| {r['device']} {r['model']} {r['layer']} {r['out']}x{r['in']}, {r['tokens']} tokens, "
+                        f"s={r['sparsity']} | {ms} | ours {r['speedup_vs_dense']:.2f}x dense fp32 |")
+    return rows
+
+
+def main(argv):
+    cfg, _ = parse_config(DEFAULTS, argv)
+    check(cfg["dry_run"] or torch.cuda.is_available(), "no CUDA device here: run with --dry_run=True on a CPU")
+    out = cfg["out"]
+    os.makedirs(out, exist_ok=True)
+    work = tempfile.mkdtemp(prefix="gpu_check_")  # checkpoints: GBs, not results
+    device = "cpu (dry run)" if cfg["dry_run"] else torch.cuda.get_device_name()
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    records = []
+    for name, cmd, limit in steps(out, work, cfg["dry_run"]):
+        rec = run_step(name, cmd, limit, out)
+        if name == "pretrain" and rec["status"] == "ok":
+            problem = masks_exact(os.path.join(work, "pretrain"))
+            rec["masks"] = problem or "exact"
+            if problem:
+                rec["status"] = "failed (masks)"
+        print(f"{name:13s} {rec['status']:24s} {rec['seconds']:7.1f} s", flush=True)
+        records.append(rec)
+    shutil.rmtree(work, ignore_errors=True)
+    summary = dict(date=started, device=device, torch=torch.__version__, command="python gpu_check.py " + " ".join(argv),
+                   steps=records)
+    with open(os.path.join(out, "gpu_check.json"), "w") as f:
+        json.dump(summary, f, indent=1)
+    lines = [f"# GPU check: {device}", "", f"{started}, torch {torch.__version__}, `{summary['command']}`"
+             f" ({sum(r['seconds'] for r in records):.0f} s in all). Logs: `<step>.log`; numbers: `*.json`.", "",
+             "| step | status | seconds |", "|---|---|---|"]
+    lines += [f"| {r['step']} | {r['status']}{' (masks ' + r['masks'] + ')' if 'masks' in r else ''} | {r['seconds']} |"
+              for r in records]
+    if rows := figures(out):
+        lines += ["", "| measured | figures | against |", "|---|---|---|", *rows]
+    with open(os.path.join(out, "README.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print(f"wrote {out}/README.md and gpu_check.json")
+    return records
+
+
+if __name__ == "__main__":
+    run_cli(main)
