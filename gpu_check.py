@@ -17,7 +17,8 @@ Steps (each a subprocess; a failure is recorded and the next step still runs):
   kernels        python -m kernels.bench at 8192 tokens: ours vs cuSPARSE vs dense fp32/bf16
 
 The data travel with the code: prepare data/shakespeare and data/e2e on the CPU machine first
-(a pretrain.py and a finetune.py run there do it) and carry those folders.
+(a pretrain.py and a finetune.py run there do it) and carry those folders; so do wheels of what the
+GPU machine lacks (pytest for the kernel tests, pycocoevalcap for the fine-tuning metrics).
 """
 import json
 import os
