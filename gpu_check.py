@@ -30,7 +30,7 @@ import time
 
 import torch
 
-from common import check, parse_config, run_cli
+from common import check, load_checkpoint, parse_config, run_cli
 
 DEFAULTS = dict(
     out="results/gpu",   # JSON, logs and README.md go here
@@ -68,7 +68,7 @@ def steps(out, work, dry):
         ("finetune", [py, "finetune.py", "--task=e2e", f"--init_from={pre}", *ft,
                       f"--out_dir={os.path.join(work, 'finetune')}"], 60),
         ("fsdp", [py, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1", "pretrain.py",
-                  *[a for a in train if not a.startswith("--compile")], "--max_iters=10", "--eval_interval=10",
+                  *model, "--max_iters=10", "--eval_interval=10",
                   "--sparsity=0.75", "--fsdp=True", f"--out_dir={os.path.join(work, 'fsdp')}"], 60),
         ("bench_small", [py, "bench.py", *small, f"--json={os.path.join(out, 'bench_small.json')}"], 80),
         ("bench_xl", xl and [py, "bench.py", *xl, f"--json={os.path.join(out, 'bench_xl.json')}"], 110),
@@ -79,7 +79,6 @@ def steps(out, work, dry):
 
 def masks_exact(out_dir):
     """'' if every saved mask zeroes exactly round(s * numel) entries and the weights are 0 there."""
-    from common import load_checkpoint
     ckpt = load_checkpoint(os.path.join(out_dir, "ckpt.pt"))
     s, problems = ckpt["config"]["sparsity"], []
     if not ckpt["masks"]:

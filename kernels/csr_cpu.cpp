@@ -167,11 +167,12 @@ static const Blocked& block_nonzeros(const int* crow, const Index* col, const fl
 
 constexpr int64_t slab_cols(int TILE) { return std::max<int64_t>(VW, SLAB_BYTES / (TILE * 4)); }
 
+// KB: the column-block width, block_cols(N, ...), which bnd was made for
 template <int TILE, typename Index>
-static void spmm_tiled(const int* crow, const Index* col, const float* val, const int* bnd, const float* bias,
-                       const float* x, float* y, int64_t N, int64_t K, int64_t M) {
+static void spmm_tiled(const int* crow, const Index* col, const float* val, const int* bnd, int64_t KB,
+                       const float* bias, const float* x, float* y, int64_t N, int64_t K, int64_t M) {
   constexpr int V = TILE / VW;  // accumulator registers per row
-  const int64_t nkb = (K + slab_cols(TILE) - 1) / slab_cols(TILE), nrb = (M + RB - 1) / RB, ntiles = (N + TILE - 1) / TILE;
+  const int64_t nkb = (K + KB - 1) / KB, nrb = (M + RB - 1) / RB, ntiles = (N + TILE - 1) / TILE;
   const Blocked& w = block_nonzeros(crow, col, val, bnd, M, nkb, RB, TILE);
   // work item = (token tile, chunk of row blocks)
   const int64_t nchunks = row_chunks(nrb, ntiles), per_chunk = (nrb + nchunks - 1) / nchunks;
@@ -278,10 +279,9 @@ static void transpose512(const float* src, int64_t lds, float* dst, int64_t ldd,
 }
 
 template <typename Index>
-static void spmm_avx512(const int* crow, const Index* col, const float* val, const int* bnd, const float* bias,
-                        const float* x, float* y, int64_t N, int64_t K, int64_t M) {
+static void spmm_avx512(const int* crow, const Index* col, const float* val, const int* bnd, int64_t KB,
+                        const float* bias, const float* x, float* y, int64_t N, int64_t K, int64_t M) {
   constexpr int TILE = TILE_512, V = TILE / 16;
-  const int64_t KB = kb_512(crow[M], M, K);
   const int64_t nkb = (K + KB - 1) / KB, nrb = (M + RB_512 - 1) / RB_512, ntiles = (N + TILE - 1) / TILE;
   const Blocked& w = block_nonzeros(crow, col, val, bnd, M, nkb, RB_512, TILE);
   const bool stream = (uintptr_t)y % 64 == 0 && M % 16 == 0 && N * M * 4 >= STREAM_BYTES;
@@ -422,11 +422,11 @@ torch::Tensor spmm(torch::Tensor crow, torch::Tensor col, torch::Tensor val,
   float* yp = y.data_ptr<float>();
   with_index(col, [&](auto cl) {
 #ifdef __AVX512F__
-    if (N >= TILE_512) spmm_avx512(cr, cl, v, bd, b, xp, yp, N, K, M);
+    if (N >= TILE_512) spmm_avx512(cr, cl, v, bd, KB, b, xp, yp, N, K, M);
     else
 #endif
-    if (N >= BIG_TILE) spmm_tiled<BIG_TILE>(cr, cl, v, bd, b, xp, yp, N, K, M);
-    else if (N >= 8) spmm_tiled<2 * VW>(cr, cl, v, bd, b, xp, yp, N, K, M);
+    if (N >= BIG_TILE) spmm_tiled<BIG_TILE>(cr, cl, v, bd, KB, b, xp, yp, N, K, M);
+    else if (N >= 8) spmm_tiled<2 * VW>(cr, cl, v, bd, KB, b, xp, yp, N, K, M);
     else spmm_gather(cr, cl, v, b, xp, yp, N, K, M);
   });
   return y;
