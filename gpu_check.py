@@ -1,7 +1,9 @@
 """
-The whole GPU check as one command, sized for one sitting on one H100 (each step has a time limit,
-about 9 minutes in all), writing JSON, logs and a README.md table under --out:
+The whole GPU check as one command, sized for one sitting on one H100/H200 (a time budget for the
+whole command, 560 s by default, that no step may overrun), writing JSON, logs and a README.md table
+under --out:
 
+    python gpu_check.py --pack=True                      # here, on the CPU machine: fills .gpu/
     python gpu_check.py                                  # on the GPU machine: writes results/gpu/
     python gpu_check.py --dry_run=True --out=/tmp/gpu    # the same steps at toy size on the CPU
 
@@ -15,18 +17,28 @@ Steps (each a subprocess; a failure is recorded and the next step still runs):
   bench_small    bench.py gpt2-small B16 x T1024, compile on, dense and 75 % interleaved
   bench_xl       bench.py gpt3-xl B8 x T2048, the same
   kernels        python -m kernels.bench at 8192 tokens: ours vs cuSPARSE vs dense fp32/bf16
+  reproduce      reproduce.py --scale=gpu --seeds=1 --tasks=e2e: control, dense, 50 % and 75 % pre-training,
+                 each fine-tuned densely on E2E, plus sparse fine-tuning at 75 %. It runs last, in what is
+                 left of the budget; its cells live in /tmp/spdf_reproduce and resume, so a second command
+                 on the same machine (--steps=reproduce) finishes an interrupted grid. Its tables, plots
+                 and small run files (no checkpoints) go to <out>/reproduce/.
 
-The data travel with the code: prepare data/shakespeare and data/e2e on the CPU machine first
-(a pretrain.py and a finetune.py run there do it) and carry those folders; so do wheels of what the
-GPU machine lacks (pytest for the kernel tests, pycocoevalcap for the fine-tuning metrics).
+The GPU machine has no internet and no copy of the data: --pack=True writes what it lacks into .gpu/
+(git-ignored: the first 20M Wikipedia tokens and Shakespeare, xz-compressed, E2E, the tokenizer's
+files) and prints the command to run there, carrying .gpu; there gpu_check.py unpacks it first. What the machine already has: KINDS.md of the
+device tool (torch, Triton, pytest, sacrebleu, matplotlib, tiktoken). Without Java, METEOR and the
+pycocoevalcap metrics are reported missing there; BLEU, NIST and the losses are not affected.
 """
 import json
+import lzma
 import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 
@@ -35,15 +47,22 @@ from common import check, load_checkpoint, parse_config, run_cli
 DEFAULTS = dict(
     out="results/gpu",   # JSON, logs and README.md go here
     dry_run=False,       # toy sizes on the CPU: checks that every step runs, measures nothing
+    steps="",            # a comma-separated subset of the steps, e.g. reproduce; "" = all
+    budget_s=560,        # seconds for the whole command: no step is given more than what is left
+    pack=False,          # on the CPU machine: write .gpu/ for the GPU machine and print its command
 )
+PACK = Path(".gpu")
+REPRODUCE = Path(tempfile.gettempdir()) / "spdf_reproduce"  # fixed, so a second command resumes it
+PACK_DATASETS = (("enwiki", 20_000_000), ("shakespeare", None))  # (name, train tokens kept): reproduce.py
+# --scale=gpu reads 1,200 x 64 x 256 = 19.7M Wikipedia tokens; gpu_check's pretrain step, Shakespeare
 
 # nanoGPT's training step on the same kind of H100, torch 2.11 (issue 15): tokens/s to compare with
 ANCHOR_TOKENS_PER_S = {"gpt2-small": 447e3, "gpt3-xl": 58.2e3}
 
 
-def steps(out, work, dry):
-    """(name, command, time limit in s) in running order; checkpoints go to work, never to out. The
-    limits add up to 9 minutes, the sitting's budget; they are guesses until the first GPU run.
+def steps(out, work, repro, dry):
+    """(name, command, time limit in s) in running order; checkpoints go to work (the reproduction's
+    to repro), never to out. The limits are guesses until the first GPU run; the budget caps them all.
     dry: the CPU toy version of each."""
     py = sys.executable
     pre = os.path.join(work, "pretrain")
@@ -73,6 +92,8 @@ def steps(out, work, dry):
         ("bench_small", [py, "bench.py", *small, f"--json={os.path.join(out, 'bench_small.json')}"], 80),
         ("bench_xl", xl and [py, "bench.py", *xl, f"--json={os.path.join(out, 'bench_xl.json')}"], 110),
         ("kernels", [py, "-m", "kernels.bench", *kern, f"--json={os.path.join(out, 'kernels.json')}"], 60),
+        ("reproduce", [py, "reproduce.py", f"--scale={'smoke' if dry else 'gpu'}", "--seeds=1", "--tasks=e2e",
+                       f"--results={repro}"], 400),
     ]
     return [(name, cmd, limit * (5 if dry else 1)) for name, cmd, limit in run if cmd]  # a CPU has no budget
 
@@ -134,22 +155,107 @@ def figures(out):
     return rows
 
 
+def keep_reproduction(repro, out, cmd, finished):
+    """The reproduction's tables, plots and small run files (no checkpoints) into out/reproduce/; after a
+    timeout or failure, the tables of the cells that did finish."""
+    if not finished:
+        subprocess.run([*cmd, "--run=False"], capture_output=True, timeout=120)
+    dest = os.path.join(out, "reproduce")
+    os.makedirs(dest, exist_ok=True)
+    for name in ("table.md", "summary.json", "pretrain_loss.png", "finetune_vs_sparsity.png"):
+        if os.path.exists(os.path.join(repro, name)):
+            shutil.copy(os.path.join(repro, name), dest)
+    if os.path.isdir(os.path.join(repro, "runs")):  # logs and metrics: with them a later command adds seeds
+        with tarfile.open(os.path.join(dest, "runs.tar.gz"), "w:gz") as tar:
+            tar.add(os.path.join(repro, "runs"), "runs", filter=lambda t: None if t.name.endswith(".pt") else t)
+
+
+def pack(dest=PACK, datasets=PACK_DATASETS):
+    """On the CPU machine: what the GPU machine lacks, into dest/: token files xz-compressed (uint16
+    tokens shrink about 2x), E2E laid out like the mirror, the tokenizer's cache files. Returns the
+    command to run there and dest's size."""
+    import numpy as np
+
+    from common import get_tokenizer
+    from data.prepare import ensure_prepared, load_tokens
+    from data.tasks import SOURCES, source_file
+    for name, limit in datasets:
+        ensure_prepared(name)
+        (dest / "data" / name).mkdir(parents=True, exist_ok=True)
+        for split in ("train", "val"):
+            tokens = np.asarray(load_tokens(name, split)[:limit if split == "train" else None])
+            with lzma.open(dest / "data" / name / f"{split}.bin.xz", "wb", preset=3) as f:
+                f.write(tokens.tobytes())
+    for split, (_, rel) in SOURCES["e2e"].items():
+        (dest / "mirror" / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source_file("e2e", split), dest / "mirror" / rel)
+    get_tokenizer()  # fills tiktoken's cache if it was empty
+    cache = Path(os.environ.get("TIKTOKEN_CACHE_DIR") or Path(tempfile.gettempdir()) / "data-gym-cache")
+    (dest / "tiktoken").mkdir(exist_ok=True)
+    for f in cache.iterdir():
+        shutil.copyfile(f, dest / "tiktoken" / f.name)
+    size = sum(f.stat().st_size for f in dest.rglob("*") if f.is_file())
+    check(size < 56 * 2**20, f"{dest} holds {size / 2**20:.0f} MiB; with the code it must stay under the 64 MiB carried")
+    return "python3 gpu_check.py --out=/tmp/gpu; tar czf $OUT/gpu.tgz -C /tmp gpu", size
+
+
+def unpack(src=PACK, data_dir=None):
+    """On the GPU machine: src's token files into data/<name>/ where none are there yet, and its
+    mirror and tokenizer into the environment the steps inherit. Returns what it wrote."""
+    from data.prepare import DATA_DIR
+    wrote = []
+    for xz in sorted((src / "data").glob("*/*.bin.xz")):
+        dest = Path(data_dir or DATA_DIR) / xz.parent.name / xz.name[:-len(".xz")]
+        if not dest.exists():
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            with lzma.open(xz) as f, open(dest.with_suffix(".tmp"), "wb") as g:
+                shutil.copyfileobj(f, g)
+            dest.with_suffix(".tmp").rename(dest)
+            wrote.append(str(dest))
+    for var, sub in (("SPDF_DATA_MIRROR", "mirror"), ("TIKTOKEN_CACHE_DIR", "tiktoken")):
+        if (src / sub).is_dir():
+            os.environ.setdefault(var, str((src / sub).resolve()))
+    return wrote
+
+
 def main(argv):
     cfg, _ = parse_config(DEFAULTS, argv)
+    if cfg["pack"]:
+        command, size = pack()
+        print(f"wrote {PACK}/ ({size / 2**20:.1f} MiB). On the GPU machine, carrying {PACK}:\n\n{command}")
+        return command
     check(cfg["dry_run"] or torch.cuda.is_available(), "no CUDA device here: run with --dry_run=True on a CPU")
+    if not cfg["dry_run"] and PACK.is_dir():
+        for path in unpack():
+            print(f"unpacked {path}")
     out = cfg["out"]
     os.makedirs(out, exist_ok=True)
     work = tempfile.mkdtemp(prefix="gpu_check_")  # checkpoints: GBs, not results
+    repro = os.path.join(work, "reproduce") if cfg["dry_run"] else str(REPRODUCE)
+    plan = steps(out, work, repro, cfg["dry_run"])
+    chosen = [n for n in cfg["steps"].split(",") if n] or [name for name, _, _ in plan]
+    unknown = set(chosen) - {name for name, _, _ in plan}
+    check("finetune" not in chosen or "pretrain" in chosen, "--steps: finetune starts from the pretrain step's checkpoint")
+    check(not unknown, f"unknown step {', '.join(sorted(unknown))} (choose from {', '.join(n for n, _, _ in plan)})")
     device = "cpu (dry run)" if cfg["dry_run"] else torch.cuda.get_device_name()
-    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    started, t0 = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), time.time()
+    budget = float("inf") if cfg["dry_run"] else cfg["budget_s"]  # a CPU has no sitting to fit
     records = []
-    for name, cmd, limit in steps(out, work, cfg["dry_run"]):
-        rec = run_step(name, cmd, limit, out)
+    for name, cmd, limit in plan:
+        if name not in chosen:
+            continue
+        left = int(budget - (time.time() - t0)) if budget != float("inf") else limit
+        if left < 10:
+            records.append(dict(step=name, status="skipped (budget spent)", seconds=0.0, command=" ".join(cmd[1:])))
+            continue
+        rec = run_step(name, cmd, min(limit, left), out)
         if name == "pretrain" and rec["status"] == "ok":
             problem = masks_exact(os.path.join(work, "pretrain"))
             rec["masks"] = problem or "exact"
             if problem:
                 rec["status"] = "failed (masks)"
+        if name == "reproduce":
+            keep_reproduction(repro, out, cmd, rec["status"] == "ok")
         print(f"{name:13s} {rec['status']:24s} {rec['seconds']:7.1f} s", flush=True)
         records.append(rec)
     shutil.rmtree(work, ignore_errors=True)
@@ -164,6 +270,8 @@ def main(argv):
               for r in records]
     if rows := figures(out):
         lines += ["", "| measured | figures | against |", "|---|---|---|", *rows]
+    if os.path.exists(os.path.join(out, "reproduce", "table.md")):
+        lines += ["", "The reproduction (`reproduce.py --scale=gpu`): `reproduce/table.md` and its plots."]
     with open(os.path.join(out, "README.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     print(f"wrote {out}/README.md and gpu_check.json")

@@ -9,7 +9,8 @@ same model fine-tuned from its random initialization). Then write, under results
 retained), summary.json and plots.
 
   python reproduce.py --scale=cpu          # 2-core CPU, about 3 hours: E2E x 3 seeds, WebNLG/DART x 1
-  python reproduce.py --scale=mini         # one GPU
+  python reproduce.py --scale=mini         # one GPU, hours
+  python reproduce.py --scale=gpu --tasks=e2e --seeds=1   # one GPU, minutes: gpu_check.py runs it
   python reproduce.py --scale=cpu --seeds=1,2,3,4 --other_seeds=1,2
 
 Every cell writes its outputs under results/<scale>/runs/ (not committed); a cell whose outputs
@@ -47,6 +48,15 @@ SCALES = {
                   "--warmup_iters=200", "--eval_interval=500", "--eval_iters=50", "--compile=True"],
         finetune=["--max_examples=8000", "--max_epochs=2", "--val_examples=1000", "--eval_examples=200",
                   "--beam_size=5", "--batch_size=16", "--learning_rate=3e-4", "--warmup_iters=100"],
+    ),
+    "gpu": dict(  # one H100/H200 in minutes, a step of gpu_check.py: the mini GPT on 19.7M Wikipedia tokens
+        # (1,200 steps of 16k; gpu_check --pack carries the first 20M), then 12,000 E2E examples x 1 epoch
+        # per cell. Sized by estimate (1.9e8 training FLOPs a token, 0.6-1M tokens/s), not yet on a GPU
+        pretrain=["--model=mini", "--dataset=enwiki", "--max_iters=1200", "--batch_size=64", "--block_size=256",
+                  "--learning_rate=1.5e-3", "--warmup_iters=100", "--eval_interval=300", "--eval_iters=20"],
+        finetune=["--max_examples=12000", "--max_epochs=1", "--val_examples=500", "--eval_examples=200",
+                  "--beam_size=4", "--batch_size=32", "--learning_rate=5e-4", "--warmup_iters=40",
+                  "--decode_batch=50"],
     ),
     "smoke": dict(  # for the tests: seconds
         pretrain=["--model=tiny", "--dataset=shakespeare", "--max_iters=2", "--batch_size=2",

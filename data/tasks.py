@@ -127,7 +127,8 @@ def _read_rows(path):
     return rows
 
 
-def _source(task, split):
+def source_file(task, split):
+    """The local path of a task split: the mirror's copy, else downloaded once."""
     url, rel = SOURCES[task][split]
     if task == "dart" and split == "test" and mirror_file(rel) is None:
         # the mirror holds the test set converted from the official XML under another name
@@ -152,12 +153,12 @@ def load_groups(task, split, data=None, seed=0):
     note = None
     if task == "dart" and split in ("train", "val") and _dart_train_missing():
         # offline mirror: no train split. Fine-tune on 90% of dev, early-stop on the other 10%
-        dev = read_dart(_source("dart", "val"))
+        dev = read_dart(source_file("dart", "val"))
         cut = round(0.9 * len(dev))
         note = ("DART train split is not available offline: fine-tuning on 90% of the dev split "
                 "(early stopping on the other 10%), scoring on test")
         return (dev[:cut] if split == "train" else dev[cut:]), note
-    return reader(_source(task, split)), note
+    return reader(source_file(task, split)), note
 
 
 def _dart_train_missing():

@@ -1,6 +1,9 @@
 """gpu_check.py: the one-command GPU check, run here as its CPU dry run (every step, toy sizes)."""
 import json
+import os
+import tarfile
 
+import numpy as np
 import pytest
 import torch
 
@@ -10,13 +13,18 @@ from common import UsageError, save_checkpoint
 
 def test_dry_run_runs_every_step_and_writes_the_table(tmp_path):
     records = gpu_check.main(["--dry_run=True", f"--out={tmp_path}"])
-    assert [r["step"] for r in records] == ["kernel_tests", "pretrain", "finetune", "fsdp", "bench_small", "kernels"]
+    assert [r["step"] for r in records] == ["kernel_tests", "pretrain", "finetune", "fsdp", "bench_small", "kernels",
+                                            "reproduce"]
     assert all(r["status"] == "ok" for r in records), [(r["step"], r["status"]) for r in records]
     assert records[1]["masks"] == "exact"
     summary = json.loads((tmp_path / "gpu_check.json").read_text())
-    assert summary["device"] == "cpu (dry run)" and len(summary["steps"]) == 6
+    assert summary["device"] == "cpu (dry run)" and len(summary["steps"]) == 7
     table = (tmp_path / "README.md").read_text()
     assert "| pretrain | ok (masks exact) |" in table and "sparse / dense step" in table and "ours" in table
+    assert "reproduce/table.md" in table and "no pre-training (control)" in (tmp_path / "reproduce" / "table.md").read_text()
+    with tarfile.open(tmp_path / "reproduce" / "runs.tar.gz") as tar:  # logs and metrics, no checkpoints
+        names = tar.getnames()
+    assert any(n.endswith("metrics.json") for n in names) and not any(n.endswith(".pt") for n in names)
     assert not list(tmp_path.glob("**/*.pt"))  # checkpoints stay out of the results folder
 
 
@@ -35,3 +43,27 @@ def test_without_cuda_it_asks_for_the_dry_run(tmp_path):
         pytest.skip("a CUDA device is present: the real check would run")
     with pytest.raises(UsageError, match="--dry_run=True"):
         gpu_check.main([f"--out={tmp_path}"])
+
+
+def test_pack_then_unpack_gives_the_gpu_machine_the_same_tokens_and_the_data_paths(tmp_path, monkeypatch):
+    from data.prepare import load_tokens
+    command, size = gpu_check.pack(tmp_path / "pack", datasets=(("shakespeare", 1000),))
+    assert "gpu_check.py" in command and 0 < size < 56 * 2**20
+    assert (tmp_path / "pack/mirror/e2e/train.txt").exists() and list((tmp_path / "pack/tiktoken").iterdir())
+    monkeypatch.delenv("SPDF_DATA_MIRROR", raising=False)  # the GPU machine has neither
+    monkeypatch.delenv("TIKTOKEN_CACHE_DIR", raising=False)
+    wrote = gpu_check.unpack(tmp_path / "pack", tmp_path / "data")
+    assert sorted(wrote) == [str(tmp_path / "data/shakespeare" / f) for f in ("train.bin", "val.bin")]
+    for split, n in (("train", 1000), ("val", None)):
+        got = np.fromfile(tmp_path / f"data/shakespeare/{split}.bin", dtype=np.uint16)
+        assert np.array_equal(got, np.asarray(load_tokens("shakespeare", split)[:n]))
+    assert os.environ["SPDF_DATA_MIRROR"] == str((tmp_path / "pack/mirror").resolve())
+    assert os.environ["TIKTOKEN_CACHE_DIR"] == str((tmp_path / "pack/tiktoken").resolve())
+    assert gpu_check.unpack(tmp_path / "pack", tmp_path / "data") == []  # token files already there stay
+
+
+def test_finetune_step_alone_is_refused_since_it_needs_the_pretrain_checkpoint(tmp_path):
+    with pytest.raises(UsageError, match="pretrain step"):
+        gpu_check.main(["--dry_run=True", f"--out={tmp_path}", "--steps=finetune"])
+    with pytest.raises(UsageError, match="unknown step warp"):
+        gpu_check.main(["--dry_run=True", f"--out={tmp_path}", "--steps=pretrain,warp"])
