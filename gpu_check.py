@@ -239,12 +239,12 @@ def main(argv):
     check(not unknown, f"unknown step {', '.join(sorted(unknown))} (choose from {', '.join(n for n, _, _ in plan)})")
     device = "cpu (dry run)" if cfg["dry_run"] else torch.cuda.get_device_name()
     started, t0 = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), time.time()
-    budget = float("inf") if cfg["dry_run"] else cfg["budget_s"]  # a CPU has no sitting to fit
+    budget = cfg["budget_s"] * (5 if cfg["dry_run"] else 1)  # a CPU runs the toy sizes slower, as the limits
     records = []
     for name, cmd, limit in plan:
         if name not in chosen:
             continue
-        left = int(budget - (time.time() - t0)) if budget != float("inf") else limit
+        left = int(budget - (time.time() - t0))
         if left < 10:
             records.append(dict(step=name, status="skipped (budget spent)", seconds=0.0, command=" ".join(cmd[1:])))
             continue

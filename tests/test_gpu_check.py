@@ -67,3 +67,9 @@ def test_finetune_step_alone_is_refused_since_it_needs_the_pretrain_checkpoint(t
         gpu_check.main(["--dry_run=True", f"--out={tmp_path}", "--steps=finetune"])
     with pytest.raises(UsageError, match="unknown step warp"):
         gpu_check.main(["--dry_run=True", f"--out={tmp_path}", "--steps=pretrain,warp"])
+
+
+def test_a_step_the_budget_cannot_fit_is_skipped_and_said_so(tmp_path):
+    records = gpu_check.main(["--dry_run=True", f"--out={tmp_path}", "--steps=kernels", "--budget_s=1"])
+    assert [(r["step"], r["status"]) for r in records] == [("kernels", "skipped (budget spent)")]
+    assert "| kernels | skipped (budget spent) |" in (tmp_path / "README.md").read_text()
