@@ -23,11 +23,12 @@ Steps (each a subprocess; a failure is recorded and the next step still runs):
                  on the same machine (--steps=reproduce) finishes an interrupted grid. Its tables, plots
                  and small run files (no checkpoints) go to <out>/reproduce/.
 
-The GPU machine has no internet and no copy of the data: --pack=True writes what it lacks into .gpu/
-(git-ignored: the first 20M Wikipedia tokens and Shakespeare, xz-compressed, E2E, the tokenizer's
-files) and prints the command to run there, carrying .gpu; there gpu_check.py unpacks it first. What the machine already has: KINDS.md of the
-device tool (torch, Triton, pytest, sacrebleu, matplotlib, tiktoken). Without Java, METEOR and the
-pycocoevalcap metrics are reported missing there; BLEU, NIST and the losses are not affected.
+For a GPU machine without internet or data: --pack=True writes what it lacks into .gpu/ (git-ignored:
+the first 20M Wikipedia tokens and Shakespeare, xz-compressed, E2E, the tokenizer's files, 37 MiB) and
+prints the command to run there with .gpu copied along; gpu_check.py unpacks it first, and the
+command tars the results into one file to bring back and unpack into results/gpu/. The machine needs
+torch, Triton, pytest, sacrebleu, matplotlib and tiktoken; without Java, METEOR and the pycocoevalcap
+metrics are reported missing (BLEU, NIST and the losses are not affected).
 """
 import json
 import lzma
@@ -196,7 +197,7 @@ def pack(dest=PACK, datasets=PACK_DATASETS):
         shutil.copyfile(f, dest / "tiktoken" / f.name)
     size = sum(f.stat().st_size for f in dest.rglob("*") if f.is_file())
     check(size < 56 * 2**20, f"{dest} holds {size / 2**20:.0f} MiB; with the code it must stay under the 64 MiB carried")
-    return "python3 gpu_check.py --out=/tmp/gpu; tar czf $OUT/gpu.tgz -C /tmp gpu", size
+    return "python3 gpu_check.py --out=/tmp/gpu; tar czf ${OUT:-.}/gpu.tgz -C /tmp gpu", size
 
 
 def unpack(src=PACK, data_dir=None):
