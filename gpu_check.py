@@ -173,7 +173,7 @@ def keep_reproduction(repro, out, cmd, finished):
 
 def pack(dest=PACK, datasets=PACK_DATASETS):
     """On the CPU machine: what the GPU machine lacks, into dest/: token files xz-compressed (uint16
-    tokens shrink about 2x), E2E laid out like the mirror, the tokenizer's cache files. Returns the
+    tokens shrink 1.7x at preset 3), E2E laid out like the mirror, the tokenizer's cache files. Returns the
     command to run there and dest's size."""
     import numpy as np
 
