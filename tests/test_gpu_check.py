@@ -73,3 +73,11 @@ def test_a_step_the_budget_cannot_fit_is_skipped_and_said_so(tmp_path):
     records = gpu_check.main(["--dry_run=True", f"--out={tmp_path}", "--steps=kernels", "--budget_s=1"])
     assert [(r["step"], r["status"]) for r in records] == [("kernels", "skipped (budget spent)")]
     assert "| kernels | skipped (budget spent) |" in (tmp_path / "README.md").read_text()
+
+
+def test_a_reproduction_cut_short_by_the_budget_still_leaves_its_tables_and_logs(tmp_path):
+    records = gpu_check.main(["--dry_run=True", f"--out={tmp_path}", "--steps=reproduce", "--budget_s=4"])  # 20 s here
+    assert records[0]["status"].startswith("timed out")
+    assert (tmp_path / "reproduce" / "table.md").read_text().startswith("# SPDF, controlled")  # finished cells only
+    with tarfile.open(tmp_path / "reproduce" / "runs.tar.gz") as tar:
+        assert not any(n.endswith(".pt") for n in tar.getnames())
