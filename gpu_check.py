@@ -233,14 +233,15 @@ def main(argv):
         for path in unpack():
             print(f"unpacked {path}")
     out = cfg["out"]
+    names = [name for name, _, _ in steps(out, "", "", cfg["dry_run"])]
+    chosen = [n for n in cfg["steps"].split(",") if n] or names
+    unknown = set(chosen) - set(names)
+    check("finetune" not in chosen or "pretrain" in chosen, "--steps: finetune starts from the pretrain step's checkpoint")
+    check(not unknown, f"unknown step {', '.join(sorted(unknown))} (choose from {', '.join(names)})")
     os.makedirs(out, exist_ok=True)
     work = tempfile.mkdtemp(prefix="gpu_check_")  # checkpoints: GBs, not results
     repro = os.path.join(work, "reproduce") if cfg["dry_run"] else str(REPRODUCE)
     plan = steps(out, work, repro, cfg["dry_run"])
-    chosen = [n for n in cfg["steps"].split(",") if n] or [name for name, _, _ in plan]
-    unknown = set(chosen) - {name for name, _, _ in plan}
-    check("finetune" not in chosen or "pretrain" in chosen, "--steps: finetune starts from the pretrain step's checkpoint")
-    check(not unknown, f"unknown step {', '.join(sorted(unknown))} (choose from {', '.join(n for n, _, _ in plan)})")
     device = "cpu (dry run)" if cfg["dry_run"] else torch.cuda.get_device_name()
     started, t0 = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), time.time()
     budget = cfg["budget_s"] * (5 if cfg["dry_run"] else 1)  # a CPU runs the toy sizes slower, as the limits

@@ -66,7 +66,8 @@ def test_finetune_step_alone_is_refused_since_it_needs_the_pretrain_checkpoint(t
     with pytest.raises(UsageError, match="pretrain step"):
         gpu_check.main(["--dry_run=True", f"--out={tmp_path}", "--steps=finetune"])
     with pytest.raises(UsageError, match="unknown step warp"):
-        gpu_check.main(["--dry_run=True", f"--out={tmp_path}", "--steps=pretrain,warp"])
+        gpu_check.main(["--dry_run=True", f"--out={tmp_path / 'out'}", "--steps=pretrain,warp"])
+    assert not (tmp_path / "out").exists()  # refused before anything is written
 
 
 def test_a_step_the_budget_cannot_fit_is_skipped_and_said_so(tmp_path):
