@@ -401,7 +401,7 @@ torch::Tensor bounds(torch::Tensor crow, torch::Tensor col, int64_t K, int64_t K
   return bnd;
 }
 
-// bnd: bounds(crow, col, K, block_cols(N)) when the caller keeps it, else computed here
+// bnd: bounds(crow, col, K, block_cols(N, nnz, M, K)) when the caller keeps it, else computed here
 torch::Tensor spmm(torch::Tensor crow, torch::Tensor col, torch::Tensor val,
                    c10::optional<torch::Tensor> bias, torch::Tensor x, int64_t M, c10::optional<torch::Tensor> bnd) {
   TORCH_CHECK(x.dim() == 2 && x.scalar_type() == torch::kFloat && val.scalar_type() == torch::kFloat,
