@@ -326,9 +326,8 @@ def main(argv):
     if run_log.get("data_note"):
         metrics["data_note"] = run_log["data_note"]
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
-    for key in ("meteor_missing",):
-        if key in metrics:
-            print(f"warning: {metrics[key]}")
+    for key in sorted(k for k in metrics if k.endswith("_missing")):
+        print(f"warning: no {key[:-len('_missing')]}: {metrics[key]}")
     shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in metrics.items()
              if k in ("bleu", "nist", "meteor", "rouge_l", "cider", "ter", "perplexity", "flops")}
     print(f"{task} test ({len(test_groups)} inputs): {shown}")

@@ -27,9 +27,11 @@ For a GPU machine without internet or data: --pack=True writes what it lacks int
 the first 20M Wikipedia tokens and Shakespeare, xz-compressed, E2E, the tokenizer's files, 37 MiB) and
 prints the command to run there with .gpu copied along; gpu_check.py unpacks it first, and the
 command tars the results into one file to bring back and unpack into results/gpu/. The machine needs
-torch, Triton, pytest, sacrebleu, matplotlib and tiktoken; without Java, METEOR and the pycocoevalcap
-metrics are reported missing (BLEU, NIST and the losses are not affected).
+torch, Triton, pytest, sacrebleu, matplotlib and tiktoken; .gpu/python.zip brings nltk and
+pycocoevalcap's ROUGE-L and CIDEr. METEOR needs Java, which the GPU image lacks: it is reported missing,
+and ROUGE-L and CIDEr run on mteval tokens instead of the PTB tokenizer's (metrics.coco_scores).
 """
+import importlib.util
 import json
 import lzma
 import os
@@ -39,6 +41,7 @@ import sys
 import tarfile
 import tempfile
 import time
+import zipfile
 from pathlib import Path
 
 import torch
@@ -56,6 +59,8 @@ PACK = Path(".gpu")
 REPRODUCE = Path(tempfile.gettempdir()) / "spdf_reproduce"  # fixed, so a second command resumes it
 PACK_DATASETS = (("enwiki", 20_000_000), ("shakespeare", None))  # (name, train tokens kept): reproduce.py
 # --scale=gpu reads 1,200 x 64 x 256 = 19.7M Wikipedia tokens; gpu_check's pretrain step, Shakespeare
+PACK_PYTHON = ("nltk", "pycocoevalcap.rouge", "pycocoevalcap.cider")  # pure Python the GPU image lacks: TER's
+# tokenizer (WebNLG, DART), E2E's ROUGE-L and CIDEr (not METEOR: that needs Java, which it lacks too)
 
 # nanoGPT's training step on the same kind of H100, torch 2.11 (issue 15): tokens/s to compare with
 ANCHOR_TOKENS_PER_S = {"gpt2-small": 447e3, "gpt3-xl": 58.2e3}
@@ -176,8 +181,8 @@ def keep_reproduction(repro, out, cmd, finished):
 
 def pack(dest=PACK, datasets=PACK_DATASETS):
     """On the CPU machine: what the GPU machine lacks, into dest/: token files xz-compressed (uint16
-    tokens shrink 1.7x at preset 3), E2E laid out like the mirror, the tokenizer's cache files. Returns the
-    command to run there and dest's size."""
+    tokens shrink 1.7x at preset 3), E2E laid out like the mirror, the PACK_PYTHON packages as one zip,
+    the tokenizer's cache files. Returns the command to run there and dest's size."""
     import numpy as np
 
     from common import get_tokenizer
@@ -193,6 +198,15 @@ def pack(dest=PACK, datasets=PACK_DATASETS):
     for split, (_, rel) in SOURCES["e2e"].items():
         (dest / "mirror" / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source_file("e2e", split), dest / "mirror" / rel)
+    with zipfile.ZipFile(dest / "python.zip", "w", zipfile.ZIP_DEFLATED) as z:  # importable as it is
+        for name in PACK_PYTHON:
+            root = Path(list(importlib.util.find_spec(name).submodule_search_locations)[0])
+            for f in sorted(root.rglob("*.py")):
+                z.write(f, f.relative_to(root.parents[name.count(".")]))
+            parts = name.split(".")  # pycocoevalcap's folders have no __init__.py: given one, the zip's copy wins
+            for init in ("/".join(parts[:i]) + "/__init__.py" for i in range(1, len(parts) + 1)):
+                if init not in z.namelist():
+                    z.writestr(init, "")
     get_tokenizer()  # fills tiktoken's cache if it was empty
     cache = Path(os.environ.get("TIKTOKEN_CACHE_DIR") or Path(tempfile.gettempdir()) / "data-gym-cache")
     (dest / "tiktoken").mkdir(exist_ok=True)
@@ -205,7 +219,7 @@ def pack(dest=PACK, datasets=PACK_DATASETS):
 
 def unpack(src=PACK, data_dir=None):
     """On the GPU machine: src's token files into data/<name>/ where none are there yet, and its
-    mirror and tokenizer into the environment the steps inherit. Returns what it wrote."""
+    mirror, tokenizer and Python packages into the environment the steps inherit. Returns what it wrote."""
     from data.prepare import DATA_DIR
     wrote = []
     for xz in sorted((src / "data").glob("*/*.bin.xz")):
@@ -219,6 +233,9 @@ def unpack(src=PACK, data_dir=None):
     for var, sub in (("SPDF_DATA_MIRROR", "mirror"), ("TIKTOKEN_CACHE_DIR", "tiktoken")):
         if (src / sub).is_dir():
             os.environ.setdefault(var, str((src / sub).resolve()))
+    zipped, path = str((src / "python.zip").resolve()), os.environ.get("PYTHONPATH", "")
+    if os.path.exists(zipped) and zipped not in path.split(os.pathsep):
+        os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [path, zipped]))
     return wrote
 
 

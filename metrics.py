@@ -16,6 +16,7 @@ TER on the raw text instead (case-sensitive). Numbers pinned in tests/test_metri
 
 All BLEU values are on the 0-100 scale; METEOR, ROUGE-L, TER are fractions; NIST and CIDEr raw.
 """
+import importlib.util
 import math
 import re
 import shutil
@@ -118,15 +119,28 @@ def java_missing():
     return None if shutil.which("java") else "METEOR needs a Java runtime (java not found on PATH)"
 
 
+def coco_missing(module):
+    """None when pycocoevalcap's `module` (e.g. "rouge.rouge") can be imported, else why not."""
+    try:
+        found = importlib.util.find_spec(f"pycocoevalcap.{module}") is not None
+    except ImportError:  # pycocoevalcap itself is not there
+        found = False
+    return None if found else "pycocoevalcap is not installed (pip install pycocoevalcap)"
+
+
+COCO = {"meteor": ("meteor.meteor", "Meteor"), "rouge_l": ("rouge.rouge", "Rouge"), "cider": ("cider.cider", "Cider")}
+
+
 def coco_scores(hyps, refs, which=("meteor", "rouge_l", "cider")):
     """Corpus scores from pycocoevalcap, after its PTB tokenizer as COCOEvalCap does. Without
-    Java, METEOR is omitted (reason under 'meteor_missing') and the others run on a lower-cased
-    mteval tokenization instead of PTB's."""
+    Java, METEOR is omitted and the others run on a lower-cased mteval tokenization instead of
+    PTB's; without pycocoevalcap, all three are omitted. An omitted score's reason is under
+    '<name>_missing', so that a run never fails at its end over a scorer that is not installed."""
     out = {}
     res = {i: [h] for i, h in enumerate(hyps)}
     gts = {i: list(rs) for i, rs in enumerate(refs)}
-    missing = java_missing()
-    if missing is None:
+    java = java_missing()
+    if java is None and coco_missing("tokenizer.ptbtokenizer") is None:
         from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
         tok = PTBTokenizer()
         gts = tok.tokenize({i: [{"caption": r} for r in rs] for i, rs in gts.items()})
@@ -134,20 +148,16 @@ def coco_scores(hyps, refs, which=("meteor", "rouge_l", "cider")):
     else:
         gts = {i: [" ".join(mteval_tokenize(r)) for r in rs] for i, rs in gts.items()}
         res = {i: [" ".join(mteval_tokenize(h[0]))] for i, h in res.items()}
-    if "meteor" in which:
+    for name in which:
+        module, cls = COCO[name]
+        missing = (java if name == "meteor" else None) or coco_missing(module)
         if missing:
-            out["meteor_missing"] = missing
-        else:
-            from pycocoevalcap.meteor.meteor import Meteor
-            scorer = Meteor()
-            out["meteor"] = float(scorer.compute_score(gts, res)[0])
-            scorer.close() if hasattr(scorer, "close") else None
-    if "rouge_l" in which:
-        from pycocoevalcap.rouge.rouge import Rouge
-        out["rouge_l"] = float(Rouge().compute_score(gts, res)[0])
-    if "cider" in which:
-        from pycocoevalcap.cider.cider import Cider
-        out["cider"] = float(Cider().compute_score(gts, res)[0])
+            out[f"{name}_missing"] = missing
+            continue
+        scorer = getattr(importlib.import_module(f"pycocoevalcap.{module}"), cls)()
+        out[name] = float(scorer.compute_score(gts, res)[0])
+        if hasattr(scorer, "close"):
+            scorer.close()
     return out
 
 

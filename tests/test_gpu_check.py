@@ -1,6 +1,8 @@
 """gpu_check.py: the one-command GPU check, run here as its CPU dry run (every step, toy sizes)."""
 import json
 import os
+import subprocess
+import sys
 import tarfile
 
 import numpy as np
@@ -52,6 +54,7 @@ def test_pack_then_unpack_gives_the_gpu_machine_the_same_tokens_and_the_data_pat
     assert (tmp_path / "pack/mirror/e2e/train.txt").exists() and list((tmp_path / "pack/tiktoken").iterdir())
     monkeypatch.delenv("SPDF_DATA_MIRROR", raising=False)  # the GPU machine has neither
     monkeypatch.delenv("TIKTOKEN_CACHE_DIR", raising=False)
+    monkeypatch.setenv("PYTHONPATH", "")  # restored after the test, which unpack's change would outlive
     wrote = gpu_check.unpack(tmp_path / "pack", tmp_path / "data")
     assert sorted(wrote) == [str(tmp_path / "data/shakespeare" / f) for f in ("train.bin", "val.bin")]
     for split, n in (("train", 1000), ("val", None)):
@@ -60,6 +63,18 @@ def test_pack_then_unpack_gives_the_gpu_machine_the_same_tokens_and_the_data_pat
     assert os.environ["SPDF_DATA_MIRROR"] == str((tmp_path / "pack/mirror").resolve())
     assert os.environ["TIKTOKEN_CACHE_DIR"] == str((tmp_path / "pack/tiktoken").resolve())
     assert gpu_check.unpack(tmp_path / "pack", tmp_path / "data") == []  # token files already there stay
+    assert os.environ["PYTHONPATH"] == str((tmp_path / "pack/python.zip").resolve())  # once, however often
+
+
+def test_the_packed_python_packages_import_from_the_zip_in_the_steps_environment(tmp_path, monkeypatch):
+    (tmp_path / "pack").mkdir()
+    gpu_check.pack(tmp_path / "pack", datasets=())
+    monkeypatch.setenv("PYTHONPATH", "")
+    gpu_check.unpack(tmp_path / "pack", tmp_path / "data")
+    code = "import nltk.tokenize, pycocoevalcap.rouge.rouge as r, pycocoevalcap.cider.cider as c; " \
+           "print(nltk.tokenize.__file__, r.__file__, c.__file__)"
+    files = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert len(files) == 3 and all(f.startswith(str((tmp_path / "pack/python.zip").resolve())) for f in files)
 
 
 def test_finetune_step_alone_is_refused_since_it_needs_the_pretrain_checkpoint(tmp_path):

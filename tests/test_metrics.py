@@ -152,6 +152,13 @@ def test_coco_scores_and_missing_java(monkeypatch):
     assert "meteor" not in out and "Java" in out["meteor_missing"] and out["rouge_l"] == pytest.approx(1.0)
 
 
+def test_coco_scores_without_pycocoevalcap_name_what_is_missing_instead_of_failing(monkeypatch):
+    monkeypatch.setattr(metrics.importlib.util, "find_spec", lambda name: None)
+    out = metrics.nlg_metrics("e2e", ["the cat sat on the mat"], [["the cat sat on the mat"]])
+    assert out["bleu"] == pytest.approx(100.0) and not {"meteor", "rouge_l", "cider"} & set(out)
+    assert all("pycocoevalcap" in out[f"{k}_missing"] for k in ("meteor", "rouge_l", "cider"))
+
+
 def test_nlg_metrics_keys(monkeypatch):
     monkeypatch.setattr(metrics.shutil, "which", lambda name: None)  # keep this test Java-free and fast
     hyps, refs = ["the cat sat on the mat", "a dog"], [["the cat sat on the mat"], ["a dog barks"]]
