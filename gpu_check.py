@@ -25,12 +25,13 @@ Steps (each a subprocess; a failure is recorded and the next step still runs):
                  and small run files (no checkpoints) go to <out>/reproduce/.
 
 For a GPU machine without internet or data: --pack=True writes what it lacks into .gpu/ (git-ignored:
-the first 20M Wikipedia tokens and Shakespeare, xz-compressed, E2E, the tokenizer's files, 37 MiB) and
-prints the command to run there with .gpu copied along; gpu_check.py unpacks it first, and the
-command tars the results into one file to bring back and unpack into results/gpu/. The machine needs
-torch, Triton, pytest, sacrebleu, matplotlib and tiktoken; .gpu/python.zip brings nltk and
-pycocoevalcap's ROUGE-L and CIDEr. METEOR needs Java, which the GPU image lacks: it is reported missing,
-and ROUGE-L and CIDEr run on mteval tokens instead of the PTB tokenizer's (metrics.coco_scores).
+the first 20M Wikipedia tokens and Shakespeare, xz-compressed, E2E, nltk and two pycocoevalcap scorers,
+the tokenizer's files: 38.7 MiB) and prints the command to run there with .gpu copied along;
+gpu_check.py unpacks it first, and the command tars the results into one file to bring back and unpack
+into results/gpu/. The machine needs torch, Triton, pytest, sacrebleu, matplotlib and tiktoken;
+.gpu/python.zip brings nltk and pycocoevalcap's ROUGE-L and CIDEr. METEOR needs Java, which the GPU
+image lacks: it is reported missing, and ROUGE-L and CIDEr run on mteval tokens instead of the PTB
+tokenizer's (metrics.coco_scores).
 """
 import importlib.util
 import json
