@@ -38,6 +38,7 @@ import json
 import lzma
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
@@ -102,7 +103,7 @@ def steps(out, work, repro, dry):
         ("bench_xl", xl and [py, "bench.py", *xl, f"--json={os.path.join(out, 'bench_xl.json')}"], 110),
         ("kernels", [py, "-m", "kernels.bench", *kern, f"--json={os.path.join(out, 'kernels.json')}"], 60),
         ("reproduce", [py, "reproduce.py", f"--scale={'smoke' if dry else 'gpu'}", "--seeds=1", "--tasks=e2e",
-                       f"--results={repro}"], 400),
+                       f"--jobs={2 if dry else 3}", f"--results={repro}"], 400),
     ]
     return [(name, cmd, limit * (5 if dry else 1)) for name, cmd, limit in run if cmd]  # a CPU has no budget
 
@@ -125,12 +126,14 @@ def masks_exact(out_dir):
 def run_step(name, cmd, limit, out):
     """Runs one step; its output goes to out/<name>.log. Returns its record."""
     t = time.time()
+    # its own process group, so that a timeout also stops what it started (reproduce.py --jobs: runs on the GPU)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=limit)
-        status, text = ("ok" if proc.returncode == 0 else f"failed (exit {proc.returncode})"), proc.stdout + proc.stderr
-    except subprocess.TimeoutExpired as e:
-        status = f"timed out after {limit} s"
-        text = "".join(x.decode() if isinstance(x, bytes) else (x or "") for x in (e.stdout, e.stderr))
+        text = proc.communicate(timeout=limit)[0]
+        status = "ok" if proc.returncode == 0 else f"failed (exit {proc.returncode})"
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        text, status = proc.communicate()[0], f"timed out after {limit} s"
     with open(os.path.join(out, f"{name}.log"), "w") as f:
         f.write(" ".join(cmd) + "\n\n" + text)
     return dict(step=name, status=status, seconds=round(time.time() - t, 1), command=" ".join(cmd[1:]))

@@ -10,14 +10,18 @@ retained), summary.json and plots.
 
   python reproduce.py --scale=cpu          # 2-core CPU, about 3 hours: E2E x 3 seeds, WebNLG/DART x 1
   python reproduce.py --scale=mini         # one GPU, hours
-  python reproduce.py --scale=gpu --tasks=e2e --seeds=1   # one GPU, minutes: gpu_check.py runs it
+  python reproduce.py --scale=gpu --tasks=e2e --seeds=1 --jobs=3   # one GPU, minutes: gpu_check.py runs it
   python reproduce.py --scale=cpu --seeds=1,2,3,4 --other_seeds=1,2
 
 Every cell writes its outputs under results/<scale>/runs/ (not committed); a cell whose outputs
-exist is skipped, so an interrupted grid resumes where it stopped.
+exist is skipped, so an interrupted grid resumes where it stopped. --jobs=N runs N pre-trainings, then N
+fine-tunings, at once, each in its own process: a GPU trains several of these small models side by side.
 """
 import json
 import math
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
@@ -67,6 +71,7 @@ SCALES = {
 }
 DEFAULTS = dict(scale="cpu", seeds="1,2,3", other_seeds="1", sparsities="0,0.5,0.75", tasks="e2e,webnlg,dart",
                 control=True, sparse_ft=True, device="auto", results="",
+                jobs=1,    # runs at once, each its own process (one GPU trains several small models side by side)
                 run=True)  # False: only write the tables and plots from the cells already finished
 PAPER_TABLE1 = {  # GPT-2 Small, BLEU: E2E, WebNLG, DART
     0.0: (67.49, 63.42, 46.30), 0.5: (67.39, 63.10, 45.74), 0.75: (66.50, 62.64, 44.97)}
@@ -127,26 +132,46 @@ def write_control(scale, seed, path):
 
 
 def run_grid(cfg, root):
-    scale = SCALES[cfg["scale"]]
-    device = [f"--device={cfg['device']}"]
+    """Pre-trains every model the grid needs, then fine-tunes every cell; what finished before is skipped.
+    jobs > 1: that many runs at once, each a subprocess logging to its folder's stdout.log."""
+    scale, device = SCALES[cfg["scale"]], [f"--device={cfg['device']}"]
+    pre, ft = {}, []  # pretrain.py and finetune.py argument lists
     for seed, s, task, sparse_ft in cells(cfg):
         pdir = pre_dir(root, seed, s)
         if s is NONE and not (pdir / "ckpt.pt").exists():
             write_control(scale, seed, pdir)
-        elif s is not NONE:
-            if finished_log(pdir, scale) is None:
-                print(f"== pre-train seed {seed}, sparsity {s:g}")
-                resume = ["--init_from=resume"] if (pdir / "ckpt.pt").exists() else []  # an interrupted run
-                pretrain.main([*scale["pretrain"], *device, f"--sparsity={s}", f"--seed={seed}",
-                               f"--out_dir={pdir}", *resume])
+        elif s is not NONE and pdir not in pre and finished_log(pdir, scale) is None:
+            resume = ["--init_from=resume"] if (pdir / "ckpt.pt").exists() else []  # an interrupted run
+            pre[pdir] = [*scale["pretrain"], *device, f"--sparsity={s}", f"--seed={seed}", f"--out_dir={pdir}", *resume]
         fdir = ft_dir(root, seed, s, task, sparse_ft)
         if (fdir / "metrics.json").exists():
             print(f"== skip {fdir.name} (seed {seed}): done")
             continue
         (fdir / "ckpt.pt").unlink(missing_ok=True)  # a cell interrupted after training starts over
-        print(f"== fine-tune {task}, seed {seed}, pre-training {_name(s)}, {'sparse' if sparse_ft else 'dense'} FT")
-        finetune.main([*scale["finetune"], *device, f"--task={task}", f"--init_from={pdir}",
-                       f"--out_dir={fdir}", f"--sparse={sparse_ft}", f"--seed={seed}"])
+        ft.append([*scale["finetune"], *device, f"--task={task}", f"--init_from={pdir}", f"--out_dir={fdir}",
+                   f"--sparse={sparse_ft}", f"--seed={seed}"])
+    for module, runs in ((pretrain, list(pre.values())), (finetune, ft)):
+        if cfg["jobs"] == 1:
+            for argv in runs:
+                print(f"== {module.__name__} {' '.join(argv[-5:])}")
+                module.main(argv)
+            continue
+        failed = run_parallel(f"{module.__name__}.py", runs, cfg["jobs"])
+        check(not failed, f"{len(failed)} of {len(runs)} {module.__name__} runs failed: see " +
+              ", ".join(str(d / "stdout.log") for d in failed))
+
+
+def run_parallel(script, runs, jobs):
+    """Each argument list as `python script ...`, at most `jobs` at once; returns the out_dirs that failed."""
+    def one(argv):
+        out = Path(_flag(argv, "out_dir"))
+        out.mkdir(parents=True, exist_ok=True)
+        print(f"== {script} {' '.join(argv[-5:])}", flush=True)
+        with open(out / "stdout.log", "w") as log:
+            return out, subprocess.run([sys.executable, str(ROOT / script), *argv], stdout=log,
+                                       stderr=subprocess.STDOUT).returncode
+    with ThreadPoolExecutor(jobs) as pool:
+        return [out for out, code in pool.map(one, runs) if code != 0]
 
 
 def collect(cfg, root):
@@ -364,6 +389,7 @@ def main(argv):
     check(bool(_ints(cfg["seeds"])), "--seeds must name at least one seed")
     check(all(0 <= float(s) < 1 for s in cfg["sparsities"].split(",")), "--sparsities must be in [0, 1)")
     check(all(t in TASKS for t in cfg["tasks"].split(",")), f"--tasks must be among {', '.join(TASKS)}")
+    check(cfg["jobs"] >= 1, "--jobs must be at least 1")
     check_writable_dir(cfg["results"] or ROOT / "results" / cfg["scale"], "--results")
     check("results" not in overrides or cfg["results"], "--results is empty")
     root = Path(cfg["results"] or ROOT / "results" / cfg["scale"])

@@ -27,6 +27,7 @@ def test_dry_run_runs_every_step_and_writes_the_table(tmp_path):
     with tarfile.open(tmp_path / "reproduce" / "runs.tar.gz") as tar:  # logs and metrics, no checkpoints
         names = tar.getnames()
     assert any(n.endswith("metrics.json") for n in names) and not any(n.endswith(".pt") for n in names)
+    assert any(n.endswith("stdout.log") for n in names)  # its cells ran as parallel processes (--jobs=2)
     assert not list(tmp_path.glob("**/*.pt"))  # checkpoints stay out of the results folder
 
 
@@ -94,6 +95,8 @@ def test_a_step_the_budget_cannot_fit_is_skipped_and_said_so(tmp_path):
 def test_a_reproduction_cut_short_by_the_budget_still_leaves_its_tables_and_logs(tmp_path):
     records = gpu_check.main(["--dry_run=True", f"--out={tmp_path}", "--steps=reproduce", "--budget_s=4"])  # 20 s here
     assert records[0]["status"].startswith("timed out")
+    results = records[0]["command"].split("--results=")[1]  # the timeout stopped its parallel runs too
+    assert subprocess.run(["pgrep", "-f", results], capture_output=True).returncode == 1
     assert (tmp_path / "reproduce" / "table.md").read_text().startswith("# SPDF, controlled")  # finished cells only
     with tarfile.open(tmp_path / "reproduce" / "runs.tar.gz") as tar:
         assert not any(n.endswith(".pt") for n in tar.getnames())

@@ -75,10 +75,20 @@ def test_grid_has_control_dense_cells_for_every_sparsity_and_sparse_ft_at_the_hi
     assert cells[:len(e2e)] == e2e  # E2E over every seed runs first
 
 
-@pytest.mark.parametrize("arg", ["--scale=huge", "--sparsities=0,1.0", "--tasks=e2e,nope", "--seeds=a", "--seeds="])
+@pytest.mark.parametrize("arg", ["--scale=huge", "--sparsities=0,1.0", "--tasks=e2e,nope", "--seeds=a", "--seeds=",
+                                 "--jobs=0"])
 def test_bad_grid_arguments_are_usage_errors(arg, tmp_path):
     with pytest.raises(UsageError):
         reproduce.main([arg, f"--results={tmp_path}"])
+
+
+def test_parallel_runs_log_to_their_folders_and_a_failed_one_is_named(tmp_path):
+    bad = ["--sparsity=2", f"--out_dir={tmp_path / 'a'}"]
+    good = ["--model=tiny", "--dataset=shakespeare", "--max_iters=1", "--batch_size=2", "--block_size=32",
+            "--eval_iters=1", "--eval_interval=1", "--device=cpu", f"--out_dir={tmp_path / 'b'}"]
+    assert reproduce.run_parallel("pretrain.py", [bad, good], jobs=2) == [tmp_path / "a"]
+    assert "error: --sparsity must be in [0, 1)" in (tmp_path / "a" / "stdout.log").read_text()
+    assert "iter 1: train" in (tmp_path / "b" / "stdout.log").read_text() and (tmp_path / "b" / "ckpt.pt").exists()
 
 
 def test_run_false_writes_tables_from_finished_cells_without_running_any(tmp_path):
