@@ -2,6 +2,7 @@ import json
 
 import pytest
 
+import report
 import reproduce
 from common import UsageError
 
@@ -59,9 +60,9 @@ def test_retained_is_one_for_dense_zero_for_no_benefit_and_signed_by_metric_dire
     ft = {(1, None, "e2e", False): dict(best_val_loss=4.0, bleu=10.0),
           (1, 0.0, "e2e", False): dict(best_val_loss=3.0, bleu=30.0),
           (1, 0.75, "e2e", False): dict(best_val_loss=3.5, bleu=10.0)}
-    assert reproduce.retained(ft, "e2e", [1], 0.0, "best_val_loss", False) == [1.0]
-    assert reproduce.retained(ft, "e2e", [1], 0.75, "best_val_loss", False) == [0.5]
-    assert reproduce.retained(ft, "e2e", [1], 0.75, "bleu", True) == [0.0]
+    assert report.retained(ft, "e2e", [1], 0.0, "best_val_loss", False) == [1.0]
+    assert report.retained(ft, "e2e", [1], 0.75, "best_val_loss", False) == [0.5]
+    assert report.retained(ft, "e2e", [1], 0.75, "bleu", True) == [0.0]
 
 
 def test_grid_has_control_dense_cells_for_every_sparsity_and_sparse_ft_at_the_highest():
