@@ -52,6 +52,16 @@ def cpu_model():
     return f"{info.get('model name', platform.machine())} (family {info.get('cpu family', '?')} model {info.get('model', '?')}), {isa}"
 
 
+def best_ms(fn, repeats):
+    """The shortest of `repeats` wall times of fn(), in ms, for CPU work (the results/kernels scripts)."""
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times) * 1e3
+
+
 def _timer(device):
     def run(fn):
         if device == "cuda":

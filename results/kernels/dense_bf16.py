@@ -9,27 +9,21 @@ fp32 one through AVX-512 FMAs: this shows how far apart the two dense baselines 
 a bf16 sparse kernel built on vector FMAs would have to beat.
 """
 import sys
-import time
 
 import torch
 
 sys.path.insert(0, ".")
 from kernels import csr_matmul, to_csr  # noqa: E402
-from kernels.bench import cpu_model  # noqa: E402
+from kernels.bench import best_ms, cpu_model  # noqa: E402
 
 torch.set_num_threads(2)
 g = torch.Generator().manual_seed(0)
 print(f"{cpu_model()}, torch {torch.__version__}, 2 threads, 2048 tokens, best of 7")
 
 
-def best(f, n=7):
-    f()
-    times = []
-    for _ in range(n):
-        t = time.perf_counter()
-        f()
-        times.append(time.perf_counter() - t)
-    return min(times) * 1e3
+def best(f):
+    f()  # warm-up
+    return best_ms(f, 7)
 
 
 for out_f, in_f in ((3072, 768), (8192, 2048)):

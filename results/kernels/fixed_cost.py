@@ -4,13 +4,14 @@ multiply, next to dense x @ W.T (one thread, 2048 tokens). Run from the reposito
 
     python results/kernels/fixed_cost.py [out in threads]     # default 3072 768 1
 """
+import functools
 import sys
-import time
 
 import torch
 
 sys.path.insert(0, ".")
 from kernels import to_csr  # noqa: E402
+from kernels.bench import best_ms  # noqa: E402
 from kernels.cpu import extension  # noqa: E402
 
 out_f, in_f, threads = (int(a) for a in (sys.argv[1:4] if len(sys.argv) > 3 else (3072, 768, 1)))
@@ -18,15 +19,7 @@ torch.set_num_threads(threads)
 g = torch.Generator().manual_seed(0)
 x = torch.randn(2048, in_f, generator=g)
 ext = extension()
-
-
-def best(fn, n=5):
-    times = []
-    for _ in range(n):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times) * 1e3
+best = functools.partial(best_ms, repeats=5)
 
 
 w_dense = torch.randn(out_f, in_f, generator=g)

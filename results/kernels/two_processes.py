@@ -5,21 +5,22 @@ processes at once, to see whether two busy cores slow each other down (shared ca
     python results/kernels/two_processes.py 3072 768 0.75 solo
     python results/kernels/two_processes.py 3072 768 0.75 A & python results/kernels/two_processes.py 3072 768 0.75 B; wait
 """
-import sys, time, torch
+import sys
+
+import torch
+
 sys.path.insert(0, ".")  # run from the repository root
-from kernels import to_csr, csr_matmul
+from kernels import csr_matmul, to_csr  # noqa: E402
+from kernels.bench import best_ms  # noqa: E402
+
 torch.set_num_threads(1)
 g = torch.Generator().manual_seed(0)
-o, i, s = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
-x = torch.randn(2048, i, generator=g)
-w = torch.randn(o, i, generator=g); m = torch.rand(o, i, generator=g) >= s
-csr = to_csr(w * m, m); wm = w * m
-csr_matmul(csr, x); x @ wm.T
-def best(f, n=9):
-    ts = []
-    for _ in range(n):
-        t = time.perf_counter(); f(); ts.append(time.perf_counter() - t)
-    return min(ts) * 1e3
+out_f, in_f, s, name = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
+x = torch.randn(2048, in_f, generator=g)
+w = torch.randn(out_f, in_f, generator=g)
+mask = torch.rand(out_f, in_f, generator=g) >= s
+csr, w = to_csr(w * mask, mask), w * mask
+csr_matmul(csr, x), x @ w.T  # warm-up
 for _ in range(2):
-    d = best(lambda: x @ wm.T); sp = best(lambda: csr_matmul(csr, x))
-    print(f"{sys.argv[4]} {o}x{i} s={s}: dense {d:.1f} ours {sp:.1f} {d/sp:.2f}x", flush=True)
+    dense, ours = best_ms(lambda: x @ w.T, 9), best_ms(lambda: csr_matmul(csr, x), 9)
+    print(f"{name} {out_f}x{in_f} s={s}: dense {dense:.1f} ours {ours:.1f} {dense / ours:.2f}x", flush=True)
