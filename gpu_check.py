@@ -65,6 +65,8 @@ PACK_DATASETS = (("enwiki", 20_000_000), ("shakespeare", None))  # (name, train 
 PACK_PYTHON = ("nltk", "pycocoevalcap.rouge", "pycocoevalcap.cider")  # pure Python the GPU image lacks: TER's
 # tokenizer (WebNLG, DART), E2E's ROUGE-L and CIDEr (not METEOR: that needs Java, which it lacks too)
 
+DRY_SLOWER = 5  # the dry run scales its step limits and budget by this: a CPU runs even the toy sizes slowly
+
 # nanoGPT's training step on the same kind of H100, torch 2.11 (issue 15): tokens/s to compare with
 ANCHOR_TOKENS_PER_S = {"gpt2-small": 447e3, "gpt3-xl": 58.2e3}
 
@@ -105,7 +107,7 @@ def steps(out, work, repro, dry):
         ("reproduce", [py, "reproduce.py", f"--scale={'smoke' if dry else 'gpu'}", "--seeds=1", "--tasks=e2e",
                        f"--jobs={2 if dry else 3}", f"--results={repro}"], 400),
     ]
-    return [(name, cmd, limit * (5 if dry else 1)) for name, cmd, limit in run if cmd]  # a CPU has no budget
+    return [(name, cmd, limit * (DRY_SLOWER if dry else 1)) for name, cmd, limit in run if cmd]
 
 
 def masks_exact(out_dir):
@@ -267,7 +269,7 @@ def main(argv):
     plan = steps(out, work, repro, cfg["dry_run"])
     device = "cpu (dry run)" if cfg["dry_run"] else torch.cuda.get_device_name()
     started, t0 = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), time.time()
-    budget = cfg["budget_s"] * (5 if cfg["dry_run"] else 1)  # a CPU runs the toy sizes slower, as the limits
+    budget = cfg["budget_s"] * (DRY_SLOWER if cfg["dry_run"] else 1)
     records = []
     for name, cmd, limit in plan:
         if name not in chosen:
