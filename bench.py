@@ -9,6 +9,10 @@ clipping, AdamW, re-masking.
       --gradient_accumulation_steps=64     # the paper's step: 512 x 2048 tokens
 
   python bench.py --device=cpu --model=cpu --block_size=128 --finetune=True   # fine-tuning vs pre-training tokens/s
+  python bench.py --model=gpt2-small --batch_size=16 --block_size=1024 --compile=True --hf_peer=True
+
+--hf_peer=True times Hugging Face's GPT2LMHeadModel of the same shape (SDPA attention, the same autocast,
+compile and fused AdamW, the same batch) in the same loop: a peer measured beside ours, not quoted.
 
 Besides the step time it prints where a sparse step's time goes (forward + backward, gradient masking,
 clipping, AdamW, re-masking): profile before optimizing.
@@ -38,7 +42,33 @@ DEFAULTS = dict(
     seed=1337,
     json="",           # also write the figures to this path
     finetune=False,    # instead: fine-tuning tokens/s (real E2E examples) against pre-training tokens/s
+    hf_peer=False,     # also time transformers' GPT2LMHeadModel of the same shape, interleaved with ours
 )
+
+
+def hf_peer_step(mcfg, cfg, device, x, y, accum):
+    """A training step of transformers' GPT2LMHeadModel built to mcfg's shape (no GPT-2 weights needed):
+    SDPA attention, the same autocast, compile and fused AdamW with the same decay groups, clipping at 1."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from hf import GELU_TO_HF
+    hc = GPT2Config(vocab_size=mcfg.vocab_size, n_positions=mcfg.block_size, n_embd=mcfg.n_embd,
+                    n_layer=mcfg.n_layer, n_head=mcfg.n_head, activation_function=GELU_TO_HF[mcfg.activation],
+                    resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, layer_norm_epsilon=1e-5,
+                    tie_word_embeddings=True, use_cache=False)
+    model = GPT2LMHeadModel._from_config(hc, attn_implementation="sdpa").to(device).train()
+    optimizer = configure_optimizer(model, dict(ADAMW, learning_rate=1e-3), device)
+    step_model = torch.compile(model) if cfg["compile"] else model
+
+    def step():
+        for _ in range(accum):
+            with autocast(device):
+                loss = step_model(input_ids=x, labels=y).loss  # HF shifts labels inside: T-1 targets
+            (loss / accum).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return step, sum(p.numel() for p in model.parameters())
 
 
 def time_runs(cfg, device):
@@ -47,6 +77,10 @@ def time_runs(cfg, device):
     A masked model does the dense model's matmuls; the sparse step differs only by the mask upkeep
     (gradient masking and re-masking), which is exactly the overhead to measure.
     """
+    start = time.perf_counter()
+
+    def progress(what):  # a run cut off by a time limit still says how far it got, and how fast
+        print(f"  [{time.perf_counter() - start:6.1f} s] {what}", flush=True)
     torch.manual_seed(cfg["seed"])
     mcfg = preset_config(cfg["model"], cfg["block_size"])
     model = GPT(mcfg).to(device)
@@ -85,14 +119,24 @@ def time_runs(cfg, device):
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats(device)
     runs = [(0.0, {}, [], {}), (cfg["sparsity"], masks, [], {})]
+    steps = [lambda m=run_masks: step(m) for _, run_masks, _, _ in runs]
+    all_times = [times for _, _, times, _ in runs]
+    progress("model, masks and optimizer ready")
+    if cfg["hf_peer"]:
+        peer, peer_params = hf_peer_step(mcfg, cfg, device, x, y, accum)
+        steps.append(peer)
+        all_times.append([])
+        progress("HF peer ready")
     for i in range(cfg["warmup"] + cfg["steps"]):
-        for _, run_masks, times, _ in runs:
+        for run_step, times in zip(steps, all_times):
             sync()
             t0 = time.perf_counter()
-            step(run_masks)
+            run_step()
             sync()
             if i >= cfg["warmup"]:
                 times.append(time.perf_counter() - t0)
+        if i == 0 or i == cfg["warmup"] + cfg["steps"] - 1:
+            progress(f"step {i + 1} of each run done (the first includes compilation)")
     breakdown_steps = min(3, cfg["steps"])
     for _ in range(breakdown_steps):  # then where the time goes, a few steps more
         for _, run_masks, _, phases in runs:
@@ -101,12 +145,16 @@ def time_runs(cfg, device):
     peak = peak_flops(device)
     dense_flops = 3 * forward_flops(mcfg, T, 0.0, mcfg.vocab_size) * B * accum
     mem = torch.cuda.max_memory_allocated(device) / 1e9 if device.startswith("cuda") else None
-    results = []
-    for sparsity, _, times, phases in runs:
+
+    def figures(times):
         step_s = sorted(times)[len(times) // 2]  # median: robust to a stray slow step
-        results.append(dict(sparsity=sparsity, step_ms=1000 * step_s, tokens_per_s=B * T * accum / step_s,
-                            mfu=dense_flops / step_s / peak if peak else None, peak_memory_gb=mem,
-                            phases_ms={k: 1000 * v / breakdown_steps for k, v in phases.items()}))
+        return dict(step_ms=1000 * step_s, tokens_per_s=B * T * accum / step_s,
+                    mfu=dense_flops / step_s / peak if peak else None, peak_memory_gb=mem)
+    results = [dict(sparsity=sparsity, **figures(times),
+                    phases_ms={k: 1000 * v / breakdown_steps for k, v in phases.items()})
+               for sparsity, _, times, phases in runs]
+    if cfg["hf_peer"]:  # MFU counted with our model's FLOPs: the same shapes, the same work
+        results.append(dict(name="transformers GPT2LMHeadModel", params=peer_params, **figures(all_times[2])))
     return results
 
 
@@ -207,17 +255,23 @@ def main(argv):
     for r in runs:
         mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "n/a (unknown peak)"
         mem = f"{r['peak_memory_gb']:.1f} GB" if r["peak_memory_gb"] is not None else "n/a"
-        print(f"sparsity {r['sparsity']:4.2f}: {r['step_ms']:9.1f} ms/step  {r['tokens_per_s']:12,.0f} tokens/s  "
+        label = f"sparsity {r['sparsity']:4.2f}" if "sparsity" in r else "HF peer      "
+        print(f"{label}: {r['step_ms']:9.1f} ms/step  {r['tokens_per_s']:12,.0f} tokens/s  "
               f"MFU {mfu}  peak memory {mem}")
     overhead = runs[1]["step_ms"] / runs[0]["step_ms"]
     print(f"sparse / dense step time: {overhead:.3f}x ({100 * (overhead - 1):+.1f}%)")
+    peer = runs[2] if cfg["hf_peer"] else None
+    if peer:
+        print(f"ours dense / HF peer tokens/s: {runs[0]['tokens_per_s'] / peer['tokens_per_s']:.3f}x")
     print("where the time goes (mean ms per step, dense / sparse; phases synchronized, so their sum is "
           "a little above the step time):")
     for phase in runs[0]["phases_ms"]:
         print(f"  {phase:18s} {runs[0]['phases_ms'][phase]:9.2f} {runs[1]['phases_ms'][phase]:9.2f}")
     if cfg["json"]:
         with open(cfg["json"], "w") as f:
-            json.dump(dict(config=cfg, device=name, dense=runs[0], sparse=runs[1], sparse_over_dense=overhead), f, indent=1)
+            json.dump(dict(config=cfg, device=name, dense=runs[0], sparse=runs[1], sparse_over_dense=overhead,
+                           hf_peer=peer, dense_over_hf=peer and runs[0]["tokens_per_s"] / peer["tokens_per_s"]),
+                      f, indent=1)
     return runs
 
 

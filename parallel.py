@@ -37,7 +37,10 @@ def setup(device, fsdp=False):
     if device.startswith("cuda"):
         device = f"cuda:{local_rank}"
         torch.cuda.set_device(device)
-    dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+    if device.startswith("cuda"):  # device_id: NCCL binds this rank's GPU now instead of guessing it from the rank
+        dist.init_process_group(backend="nccl", device_id=torch.device(device))
+    else:
+        dist.init_process_group(backend="gloo")
     return rank, dist.get_world_size(), device
 
 
