@@ -17,7 +17,7 @@ Steps (each a subprocess; a failure is recorded and the next step still runs):
   fsdp           torchrun --standalone --nproc_per_node=1 pretrain.py --fsdp=True (NCCL on CUDA)
   bench_small    bench.py gpt2-small B16 x T1024, compile on, dense and 75 % interleaved
   bench_xl       bench.py gpt3-xl B8 x T2048, the same
-  kernels        python -m kernels.bench at 8192 tokens: ours vs cuSPARSE vs dense fp32/bf16
+  kernels        python -m sparse_kernels.bench at 8192 tokens: ours vs cuSPARSE vs dense fp32/bf16
   reproduce      reproduce.py --scale=gpu --seeds=1 --tasks=e2e: control, dense, 50 % and 75 % pre-training,
                  each fine-tuned densely on E2E, plus sparse fine-tuning at 75 %. It runs last, in what is
                  left of the budget; its cells live in /tmp/spdf_reproduce and resume, so a second command
@@ -103,7 +103,7 @@ def steps(out, work, repro, dry):
         ("bench_small", [py, "bench.py", *small, "--hf_peer=True", f"--json={os.path.join(out, 'bench_small.json')}"], 90),
         ("finetune", [py, "finetune.py", "--task=e2e", f"--init_from={pre}", *ft,
                       f"--out_dir={os.path.join(work, 'finetune')}"], 60),
-        ("kernels", [py, "-m", "kernels.bench", *kern, f"--json={os.path.join(out, 'kernels.json')}"], 60),
+        ("kernels", [py, "-m", "sparse_kernels.bench", *kern, f"--json={os.path.join(out, 'kernels.json')}"], 60),
         # 150 s produced no step on the first H200 (two 1.3B models built and compiled): last before the grid
         ("bench_xl", xl and [py, "bench.py", *xl, "--hf_peer=True", f"--json={os.path.join(out, 'bench_xl.json')}"], 240),
         ("reproduce", [py, "reproduce.py", f"--scale={'smoke' if dry else 'gpu'}", "--seeds=1", "--tasks=e2e",

@@ -76,7 +76,7 @@ def tiny_ckpt(tmp_path_factory, shakespeare_dir):
 def masked_linear(n_in, n_out, empty_row):
     """An nn.Linear whose weight keeps ~30 % of its entries (row `empty_row` none), its mask, and the
     SparseLinear made from it."""
-    import kernels
+    import sparse_kernels
     import torch
     torch.manual_seed(0)
     lin = torch.nn.Linear(n_in, n_out)
@@ -84,4 +84,4 @@ def masked_linear(n_in, n_out, empty_row):
     mask[empty_row] = False
     with torch.no_grad():
         lin.weight.mul_(mask)
-    return lin, mask, kernels.SparseLinear.from_linear(lin, mask)
+    return lin, mask, sparse_kernels.SparseLinear.from_linear(lin, mask)

@@ -136,11 +136,11 @@ CASES = [  # (script, arguments with {ws} for the folder of inputs, a word the m
     ("data.prepare", "shakespeare --out_dir={ws}/a_file", "not a folder"),
     ("data.prepare", "shakespeare --out_dir=", "empty"),
     ("data.prepare", "nope", "unknown dataset"),
-    ("kernels.bench", "--devices tpu", "--devices"),
-    ("kernels.bench", "--gen_model nope", "gen_model"),
-    ("kernels.bench", "--json {ws}/a_file/x.json", "not a folder"),
-    ("kernels.bench", "--sparsity 1.5", "sparsity"),
-    ("kernels.bench", "--json=", "empty"),
+    ("sparse_kernels.bench", "--devices tpu", "--devices"),
+    ("sparse_kernels.bench", "--gen_model nope", "gen_model"),
+    ("sparse_kernels.bench", "--json {ws}/a_file/x.json", "not a folder"),
+    ("sparse_kernels.bench", "--sparsity 1.5", "sparsity"),
+    ("sparse_kernels.bench", "--json=", "empty"),
 ]
 
 

@@ -15,7 +15,7 @@ from common import UsageError, save_checkpoint
 
 def test_dry_run_runs_every_step_and_writes_the_table(tmp_path):
     records = gpu_check.main(["--dry_run=True", f"--out={tmp_path}"])
-    assert [r["step"] for r in records] == ["kernel_tests", "pretrain", "finetune", "fsdp", "bench_small", "kernels",
+    assert [r["step"] for r in records] == ["kernel_tests", "pretrain", "fsdp", "bench_small", "finetune", "kernels",
                                             "reproduce"]
     assert all(r["status"] == "ok" for r in records), [(r["step"], r["status"]) for r in records]
     assert records[1]["masks"] == "exact"

@@ -1,4 +1,4 @@
-"""kernels/: CSR format, SpMM (C++ CPU kernel, reference, Triton when CUDA), SparseLinear, conversion.
+"""sparse_kernels/: CSR format, SpMM (C++ CPU kernel, reference, Triton when CUDA), SparseLinear, conversion.
 
 The first test in a fresh environment builds the C++ extension (~1 min, then cached on disk)."""
 import warnings
@@ -7,9 +7,9 @@ import pytest
 import torch
 from conftest import masked_linear
 
-import kernels
-from kernels import cpu
-from kernels.csr import csr_matmul_reference, csr_matmul_rowloop, sddmm_reference, to_csr, to_dense, transpose_plan
+import sparse_kernels
+from sparse_kernels import cpu
+from sparse_kernels.csr import csr_matmul_reference, csr_matmul_rowloop, sddmm_reference, to_csr, to_dense, transpose_plan
 
 
 def masked(m, k, density, seed=0, empty_rows=()):
@@ -56,7 +56,7 @@ def test_csr_matmul_matches_dense(ext, m, k, density, n, index):
     w = masked(m, k, density, seed=m + k + n, empty_rows=(0, m // 2))
     x = torch.randn(n, k)
     c = to_csr(w)
-    y = kernels.csr_matmul(kernels.CSR(c.crow, c.col.to(index), c.values, c.shape), x)
+    y = sparse_kernels.csr_matmul(sparse_kernels.CSR(c.crow, c.col.to(index), c.values, c.shape), x)
     torch.testing.assert_close(y, x @ w.t(), rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(csr_matmul_reference(c, x), x @ w.t(), rtol=1e-4, atol=1e-4)
 
@@ -71,7 +71,7 @@ def test_csr_matmul_many_tokens(ext, m, k, n):
     x, b = torch.randn(n, k), torch.randn(m)
     c = to_csr(w)
     for index in (torch.int32, torch.int16):
-        y = kernels.csr_matmul(kernels.CSR(c.crow, c.col.to(index), c.values, c.shape), x, b)
+        y = sparse_kernels.csr_matmul(sparse_kernels.CSR(c.crow, c.col.to(index), c.values, c.shape), x, b)
         torch.testing.assert_close(y, x @ w.t() + b, rtol=1e-4, atol=1e-4)
 
 
@@ -79,20 +79,20 @@ def test_csr_matmul_large_pattern_is_reordered_by_every_thread(ext):
     # 4.3M nonzeros: enough work that the per-call reordering of the nonzeros runs in parallel
     w = masked(4200, 4100, 0.25)
     x = torch.randn(128, 4100)
-    torch.testing.assert_close(kernels.csr_matmul(to_csr(w), x), x @ w.t(), rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(sparse_kernels.csr_matmul(to_csr(w), x), x @ w.t(), rtol=1e-4, atol=1e-3)
 
 
 def test_sparse_linear_keeps_its_kernel_plan_and_renews_it_when_the_pattern_changes(ext):
     w = masked(96, 200, 0.3, empty_rows=(5,))
     x = torch.randn(256, 200)
-    sl = kernels.SparseLinear(to_csr(w))
+    sl = sparse_kernels.SparseLinear(to_csr(w))
     with torch.no_grad():
         torch.testing.assert_close(sl(x), x @ w.t(), rtol=1e-4, atol=1e-4)
         (plan,) = sl.kernel_cache.values()
         sl(x)
         assert next(iter(sl.kernel_cache.values())) is plan  # computed once, then reused
         # another pattern loaded in place (other row lengths): a stale plan would mix up the rows
-        sl.load_state_dict(kernels.SparseLinear(to_csr(w.flip(0))).state_dict())
+        sl.load_state_dict(sparse_kernels.SparseLinear(to_csr(w.flip(0))).state_dict())
         torch.testing.assert_close(sl(x), x @ w.flip(0).t(), rtol=1e-4, atol=1e-4)
 
 
@@ -102,11 +102,11 @@ def test_csr_matmul_batch_noncontiguous_bias_dtype(ext):
     c = to_csr(w)
     x = torch.randn(3, 4, 160)[..., ::2]  # batch dims and a strided (non-contiguous) last dim
     assert not x.is_contiguous()
-    torch.testing.assert_close(kernels.csr_matmul(c, x), x @ w.t(), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(sparse_kernels.csr_matmul(c, x), x @ w.t(), rtol=1e-4, atol=1e-4)
     xt = torch.randn(80, 70).t()  # transposed: non-contiguous, > 64 tokens
-    torch.testing.assert_close(kernels.csr_matmul(c, xt, b), xt @ w.t() + b, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(sparse_kernels.csr_matmul(c, xt, b), xt @ w.t() + b, rtol=1e-4, atol=1e-4)
     xb = torch.randn(2, 9, 80).bfloat16()
-    yb = kernels.csr_matmul(c, xb)
+    yb = sparse_kernels.csr_matmul(c, xb)
     assert yb.dtype == torch.bfloat16 and yb.shape == (2, 9, 96)
     torch.testing.assert_close(yb.float(), xb.float() @ w.t(), rtol=2e-2, atol=2e-2)
     # the row-by-row teaching version agrees too
@@ -139,7 +139,7 @@ def test_sparse_linear_grads_equal_masked_dense(ext, tokens):
     torch.testing.assert_close(y, y2, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(x.grad, x2.grad, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(sl.bias.grad, lin.bias.grad, rtol=1e-4, atol=1e-4)
-    grad_w = to_dense(kernels.CSR(sl.crow, sl.col, sl.values.grad, (40, 72)))
+    grad_w = to_dense(sparse_kernels.CSR(sl.crow, sl.col, sl.values.grad, (40, 72)))
     torch.testing.assert_close(grad_w, lin.weight.grad * mask, rtol=1e-4, atol=1e-4)
     assert sl.values.grad.abs().sum() > 0
     # a training step keeps the pattern: the dense view stays zero off the mask
@@ -163,10 +163,10 @@ def test_converted_model_matches_masked_model(ext):
     ref_tokens = model.generate(idx[:1, :8], 12, temperature=0)
     dense_state = {k: v.clone() for k, v in model.state_dict().items()}
 
-    kernels.to_sparse_model(model, masks)
-    n_sparse = sum(isinstance(m, kernels.SparseLinear) for m in model.modules())
+    sparse_kernels.to_sparse_model(model, masks)
+    n_sparse = sum(isinstance(m, sparse_kernels.SparseLinear) for m in model.modules())
     assert n_sparse == 6 * model.config.n_layer
-    nnz = sum(m.values.numel() for m in model.modules() if isinstance(m, kernels.SparseLinear))
+    nnz = sum(m.values.numel() for m in model.modules() if isinstance(m, sparse_kernels.SparseLinear))
     assert nnz == sum(int(m.sum()) for m in masks.values())
     with torch.no_grad():
         logits, _ = model(idx)
@@ -175,10 +175,10 @@ def test_converted_model_matches_masked_model(ext):
     # gradients flow through the sparse model
     _, loss = model(idx, targets=idx)
     loss.backward()
-    assert all(m.values.grad is not None for m in model.modules() if isinstance(m, kernels.SparseLinear))
+    assert all(m.values.grad is not None for m in model.modules() if isinstance(m, sparse_kernels.SparseLinear))
 
-    kernels.to_dense_model(model)
-    assert not any(isinstance(m, kernels.SparseLinear) for m in model.modules())
+    sparse_kernels.to_dense_model(model)
+    assert not any(isinstance(m, sparse_kernels.SparseLinear) for m in model.modules())
     state = model.state_dict()
     assert state.keys() == dense_state.keys()
     assert all(torch.equal(state[k], dense_state[k]) for k in state)
@@ -195,17 +195,17 @@ def test_fallback_without_compiler(monkeypatch):
     w = masked(20, 30, 0.4)
     x = torch.randn(6, 30)
     with pytest.warns(UserWarning, match="unavailable"):
-        y = kernels.csr_matmul(to_csr(w), x)
+        y = sparse_kernels.csr_matmul(to_csr(w), x)
     torch.testing.assert_close(y, x @ w.t(), rtol=1e-5, atol=1e-5)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # warns once, not on every call
-        kernels.csr_matmul(to_csr(w), x)
+        sparse_kernels.csr_matmul(to_csr(w), x)
 
 
 @pytest.mark.slow
 def test_bench_layer_and_cli_errors(ext):
     from common import UsageError
-    from kernels import bench
+    from sparse_kernels import bench
     times, err = bench.bench_layer("cpu", 64, 48, 0.75, 32, 1, torch.Generator().manual_seed(0))
     assert set(times) == {"dense", "torch_sparse", "ours"} and err < 1e-5
     with pytest.raises(UsageError):
@@ -216,11 +216,11 @@ def test_bench_layer_and_cli_errors(ext):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_triton_kernel_on_gpu():
-    triton_csr = pytest.importorskip("kernels.triton_csr")
+    triton_csr = pytest.importorskip("sparse_kernels.triton_csr")
     w = masked(300, 1100, 0.25, empty_rows=(0, 299)).cuda()
     c = to_csr(w)
     for n in (1, 100, 257):
         x = torch.randn(n, 1100, device="cuda")
         torch.testing.assert_close(triton_csr.spmm(c, x), x @ w.t(), rtol=1e-4, atol=1e-3)
-        y = kernels.csr_matmul(c, x.bfloat16())
+        y = sparse_kernels.csr_matmul(c, x.bfloat16())
         torch.testing.assert_close(y.float(), x.bfloat16().float() @ w.t(), rtol=2e-2, atol=5e-2)

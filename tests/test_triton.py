@@ -1,4 +1,4 @@
-"""kernels/triton_csr.py without a GPU: Triton's interpreter (TRITON_INTERPRET=1) runs the kernels on CPU
+"""sparse_kernels/triton_csr.py without a GPU: Triton's interpreter (TRITON_INTERPRET=1) runs the kernels on CPU
 tensors, so CI checks their logic (forward SpMM, the transposed product of the input gradient, the SDDMM
 of the weight gradient) and SparseLinear on that path. Small shapes: the interpreter is slow.
 
@@ -20,9 +20,9 @@ from conftest import masked_linear
 pytest.importorskip("triton", reason="Triton is not installed (pip install triton; CI installs it): "
                                       "the Triton kernels are not checked here")
 
-import kernels  # noqa: E402
-from kernels import sparse_linear  # noqa: E402
-from kernels.csr import to_csr, to_dense, transpose_plan  # noqa: E402
+import sparse_kernels  # noqa: E402
+from sparse_kernels import sparse_linear  # noqa: E402
+from sparse_kernels.csr import to_csr, to_dense, transpose_plan  # noqa: E402
 
 
 def masked(m, k, density, seed=0, empty_rows=()):
@@ -70,7 +70,7 @@ def test_kernels_compile_for_hopper_without_a_gpu():
     except ImportError as e:
         pytest.skip(f"this Triton has no ahead-of-time compile API ({e})")
     import triton
-    from kernels import triton_csr
+    from sparse_kernels import triton_csr
     spmm = {"crow_ptr": "*i32", "col_ptr": "*i32", "val_ptr": "*fp32", "bias_ptr": "*fp32", "xt_ptr": "*fp32",
             "yt_ptr": "*fp32", "N": "i32", "HAS_BIAS": "constexpr", "BLOCK_N": "constexpr", "BLOCK_NZ": "constexpr"}
     sddmm = {"row_ptr": "*i64", "col_ptr": "*i32", "dyt_ptr": "*fp32", "xt_ptr": "*fp32", "g_ptr": "*fp32",
@@ -90,12 +90,12 @@ def test_kernels_compile_for_hopper_without_a_gpu():
 
 @pytest.fixture
 def tc():
-    """kernels.triton_csr with its kernels interpreted, and SparseLinear sending CPU tensors to it; or,
+    """sparse_kernels.triton_csr with its kernels interpreted, and SparseLinear sending CPU tensors to it; or,
     where CUDA is, compiled, with the tests' tensors on the GPU."""
     if DEV == "cpu" and not INTERPRETED:
         pytest.skip("runs in the TRITON_INTERPRET=1 subprocess of test_triton_under_interpreter")
-    from kernels import triton_csr
-    assert sparse_linear.triton_csr is triton_csr, "kernels.triton_csr failed to import under the interpreter"
+    from sparse_kernels import triton_csr
+    assert sparse_linear.triton_csr is triton_csr, "sparse_kernels.triton_csr failed to import under the interpreter"
     saved = sparse_linear.triton_on_cpu
     sparse_linear.triton_on_cpu = True
     yield triton_csr
@@ -160,6 +160,6 @@ def test_sparse_linear_on_triton_path_equals_masked_linear(tc, monkeypatch):
     torch.testing.assert_close(y, lin(x2), **TOL)
     torch.testing.assert_close(x.grad, x2.grad, **TOL)
     torch.testing.assert_close(sl.bias.grad, lin.bias.grad, **TOL)
-    grad_w = to_dense(kernels.CSR(sl.crow, sl.col.int(), sl.values.grad, (24, 40)))
+    grad_w = to_dense(sparse_kernels.CSR(sl.crow, sl.col.int(), sl.values.grad, (24, 40)))
     torch.testing.assert_close(grad_w, lin.weight.grad * mask, **TOL)
     assert sl.values.grad.abs().sum() > 0

@@ -17,8 +17,8 @@ import time
 import torch
 
 sys.path.insert(0, ".")
-from kernels import CSR, csr_matmul, to_csr  # noqa: E402
-from kernels.bench import cpu_model  # noqa: E402
+from sparse_kernels import CSR, csr_matmul, to_csr  # noqa: E402
+from sparse_kernels.bench import cpu_model  # noqa: E402
 
 repeats = int(sys.argv[1]) if len(sys.argv) > 1 else 15
 torch.set_num_threads(1)

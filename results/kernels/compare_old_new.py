@@ -1,6 +1,6 @@
 """
 The CPU kernel at an older commit against the working tree's, and dense, interleaved in one process
-(best and median of --repeats), 2048 tokens, the four layer shapes of kernels.bench. Run from the
+(best and median of --repeats), 2048 tokens, the four layer shapes of sparse_kernels.bench. Run from the
 repository root:
 
     python results/kernels/compare_old_new.py OLD_COMMIT [--threads 2] [--repeats 7] [--avx2]
@@ -19,8 +19,8 @@ import torch
 from torch.utils.cpp_extension import load
 
 sys.path.insert(0, ".")
-from kernels import to_csr  # noqa: E402
-from kernels.bench import cpu_model  # noqa: E402
+from sparse_kernels import to_csr  # noqa: E402
+from sparse_kernels.bench import cpu_model  # noqa: E402
 
 ap = argparse.ArgumentParser()
 ap.add_argument("old")
@@ -32,11 +32,11 @@ args = ap.parse_args()
 tmp = tempfile.mkdtemp()
 old_src = os.path.join(tmp, "old.cpp")
 with open(old_src, "w") as f:
-    f.write(subprocess.run(["git", "show", f"{args.old}:kernels/csr_cpu.cpp"], capture_output=True, text=True, check=True).stdout)
+    f.write(subprocess.run(["git", "show", f"{args.old}:sparse_kernels/csr_cpu.cpp"], capture_output=True, text=True, check=True).stdout)
 flags = ["-O3", "-march=native", "-fopenmp"] + (["-mno-avx512f"] if args.avx2 else [])
 tag = "avx2" if args.avx2 else "native"
 exts = {n: load(name=f"cmp_{n}_{tag}", sources=[src], extra_cflags=flags, extra_ldflags=["-fopenmp"])
-        for n, src in (("old", old_src), ("new", "kernels/csr_cpu.cpp"))}
+        for n, src in (("old", old_src), ("new", "sparse_kernels/csr_cpu.cpp"))}
 torch.set_num_threads(args.threads)
 print(f"{cpu_model()}; build: {' '.join(flags)}; {args.threads} threads; old = {args.old}; "
       f"load average {os.getloadavg()[0]:.1f}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")

@@ -13,8 +13,8 @@ import sys
 import torch
 
 sys.path.insert(0, ".")
-from kernels import csr_matmul, to_csr  # noqa: E402
-from kernels.bench import best_ms, cpu_model  # noqa: E402
+from sparse_kernels import csr_matmul, to_csr  # noqa: E402
+from sparse_kernels.bench import best_ms, cpu_model  # noqa: E402
 
 torch.set_num_threads(2)
 g = torch.Generator().manual_seed(0)

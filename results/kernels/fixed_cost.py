@@ -10,9 +10,9 @@ import sys
 import torch
 
 sys.path.insert(0, ".")
-from kernels import to_csr  # noqa: E402
-from kernels.bench import best_ms  # noqa: E402
-from kernels.cpu import extension  # noqa: E402
+from sparse_kernels import to_csr  # noqa: E402
+from sparse_kernels.bench import best_ms  # noqa: E402
+from sparse_kernels.cpu import extension  # noqa: E402
 
 out_f, in_f, threads = (int(a) for a in (sys.argv[1:4] if len(sys.argv) > 3 else (3072, 768, 1)))
 torch.set_num_threads(threads)

@@ -17,9 +17,9 @@ import torch
 from torch.utils.cpp_extension import load
 
 sys.path.insert(0, ".")
-import kernels.cpu as kernel_cpu  # noqa: E402
-from kernels import to_sparse_model  # noqa: E402
-from kernels.bench import cpu_model  # noqa: E402
+import sparse_kernels.cpu as kernel_cpu  # noqa: E402
+from sparse_kernels import to_sparse_model  # noqa: E402
+from sparse_kernels.bench import cpu_model  # noqa: E402
 from model import GPT, PRESETS  # noqa: E402
 from sparsity import apply_masks, make_masks  # noqa: E402
 
@@ -33,10 +33,10 @@ args = ap.parse_args()
 
 old_src = os.path.join(tempfile.mkdtemp(), "old.cpp")
 with open(old_src, "w") as f:
-    f.write(subprocess.run(["git", "show", f"{args.old}:kernels/csr_cpu.cpp"], capture_output=True, text=True, check=True).stdout)
+    f.write(subprocess.run(["git", "show", f"{args.old}:sparse_kernels/csr_cpu.cpp"], capture_output=True, text=True, check=True).stdout)
 flags = dict(extra_cflags=["-O3", "-march=native", "-fopenmp"], extra_ldflags=["-fopenmp"])
 exts = {"old": load(name="gen_ab_old", sources=[old_src], **flags),
-        "new": load(name="gen_ab_new", sources=["kernels/csr_cpu.cpp"], **flags)}
+        "new": load(name="gen_ab_new", sources=["sparse_kernels/csr_cpu.cpp"], **flags)}
 torch.set_num_threads(args.threads)
 print(f"{cpu_model()}; {args.threads} threads; old = {args.old}; load average {os.getloadavg()[0]:.1f}; "
       f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")

@@ -4,7 +4,7 @@
 //
 //   g++ -O3 -march=native -o /tmp/inner_loop results/kernels/inner_loop.cpp && /tmp/inner_loop
 //
-// The kernel's loop (kernels/csr_cpu.cpp, spmm_avx512): for each row of a 256-row block, load its 8
+// The kernel's loop (sparse_kernels/csr_cpu.cpp, spmm_avx512): for each row of a 256-row block, load its 8
 // partial sums (128 tokens) from L2, then per nonzero {column offset, weight} broadcast the weight and
 // do 8 FMAs, each with its own 64-byte load of the packed x slab (here 64 columns x 128 tokens = 32 KB,
 // in L1), then store the sums back.

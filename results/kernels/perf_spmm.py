@@ -11,7 +11,7 @@ import time
 import torch
 
 sys.path.insert(0, ".")
-from kernels import csr_matmul, to_csr  # noqa: E402
+from sparse_kernels import csr_matmul, to_csr  # noqa: E402
 
 torch.set_num_threads(1)
 g = torch.Generator().manual_seed(0)

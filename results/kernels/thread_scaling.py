@@ -12,8 +12,8 @@ import sys
 import torch
 
 sys.path.insert(0, ".")
-from kernels import csr_matmul, to_csr  # noqa: E402
-from kernels.bench import best_ms  # noqa: E402
+from sparse_kernels import csr_matmul, to_csr  # noqa: E402
+from sparse_kernels.bench import best_ms  # noqa: E402
 
 g = torch.Generator().manual_seed(0)
 x = {k: torch.randn(2048, k, generator=g) for k in (768, 3072, 2048)}

@@ -10,8 +10,8 @@ import sys
 import torch
 
 sys.path.insert(0, ".")  # run from the repository root
-from kernels import csr_matmul, to_csr  # noqa: E402
-from kernels.bench import best_ms  # noqa: E402
+from sparse_kernels import csr_matmul, to_csr  # noqa: E402
+from sparse_kernels.bench import best_ms  # noqa: E402
 
 torch.set_num_threads(1)
 g = torch.Generator().manual_seed(0)

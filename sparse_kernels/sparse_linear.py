@@ -23,7 +23,7 @@ except Exception:  # ImportError, or a Triton that cannot initialise here
     triton_csr = None
 
 # True: CPU tensors go through the Triton kernels too, which then run in Triton's interpreter
-# (TRITON_INTERPRET=1 before kernels.triton_csr is imported). Slow; for tests/test_triton.py.
+# (TRITON_INTERPRET=1 before sparse_kernels.triton_csr is imported). Slow; for tests/test_triton.py.
 triton_on_cpu = False
 
 

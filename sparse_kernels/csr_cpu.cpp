@@ -1,4 +1,4 @@
-// CSR sparse x dense kernels for the CPU, fp32. Built by kernels/cpu.py on first use.
+// CSR sparse x dense kernels for the CPU, fp32. Built by sparse_kernels/cpu.py on first use.
 //
 // spmm:  y (N, M) = x (N, K) @ W.T, W (M, K) in CSR.
 //   The naive loop, "for each token, for each row, gather x[col] and multiply", is a scalar
@@ -209,7 +209,7 @@ static void spmm_tiled(const int* crow, const Index* col, const float* val, cons
 // On these cores dense fp32 GEMM runs near two 512-bit FMAs per cycle, reusing loads from
 // registers; here every FMA needs its own 64-byte load of x (the loads, not the FMAs, are the
 // limit: per nonzero V loads of x plus two scalar loads, value and column, for V FMAs). What
-// differs from the generic path, each measured on a 2-core Xeon (AVX-512), see kernels/README.md:
+// differs from the generic path, each measured on a 2-core Xeon (AVX-512), see sparse_kernels/README.md:
 // - RB_512 = 256 rows per block instead of 64: the (KB, TILE) slab of x brought into L1 is
 //   reused by 4x more rows; the partial sums (256 x 512 B) now live in L2, read and written
 //   sequentially once per row and column block.
@@ -342,7 +342,7 @@ static inline __m256i load8(const int16_t* col) { return _mm256_cvtepi16_epi32(_
 // (twice as fast as scalar loads here), two accumulators to overlap the FMA latency. In a model
 // the weights come from memory, not cache, and the hardware prefetcher alone left the loop waiting
 // on them: prefetching GATHER_AHEAD entries ahead (4 KB of values) cut the time of gpt2-small's
-// block matrices per generated token by about 30 % (kernels/README.md).
+// block matrices per generated token by about 30 % (sparse_kernels/README.md).
 constexpr int64_t GATHER_AHEAD = 1024;
 template <typename Index>
 static float sparse_dot(const Index* col, const float* val, int64_t p, int64_t end, const float* x) {

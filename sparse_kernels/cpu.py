@@ -1,5 +1,5 @@
 """
-The fast CPU path: kernels/csr_cpu.cpp compiled with torch.utils.cpp_extension on first use.
+The fast CPU path: sparse_kernels/csr_cpu.cpp compiled with torch.utils.cpp_extension on first use.
 
 The build takes about a minute once; torch caches it under TORCH_EXTENSIONS_DIR (default
 ~/.cache/torch_extensions) and later imports only load the .so. Without a working compiler we

@@ -1,14 +1,14 @@
 """
-kernels/: where SPDF's zeros are actually skipped.
+sparse_kernels/: where SPDF's zeros are actually skipped.
 
     csr.py           the CSR format (to_csr / to_dense) and the reference SpMM, written to be read
     csr_cpu.cpp      the fast CPU kernel (C++, vectorized over tokens), loaded by cpu.py
     triton_csr.py    the GPU kernel (Triton)
     sparse_linear.py csr_matmul, SparseLinear (autograd), model conversion
-    bench.py         python -m kernels.bench: dense vs torch.sparse vs ours, and generation speed
+    bench.py         python -m sparse_kernels.bench: dense vs torch.sparse vs ours, and generation speed
 
-    csr = kernels.to_csr(weight)             # or to_csr(weight, mask)
-    y = kernels.csr_matmul(csr, x)           # == x @ weight.T, x of shape (..., in_features)
+    csr = sparse_kernels.to_csr(weight)             # or to_csr(weight, mask)
+    y = sparse_kernels.csr_matmul(csr, x)           # == x @ weight.T, x of shape (..., in_features)
 """
 from .csr import CSR, csr_matmul_reference, csr_matmul_rowloop, to_csr, to_dense, transpose_plan
 from .sparse_linear import SparseLinear, csr_matmul, to_dense_model, to_sparse_model

@@ -1,9 +1,9 @@
 """
 Benchmark: dense torch.matmul vs torch.sparse.mm (CSR) vs our CSR kernel, same inputs, one run.
 
-    python -m kernels.bench                      # full: 2048 tokens, GPT-2 Small + GPT-3 XL shapes
-    python -m kernels.bench --quick              # a short run (GPT-2 Small shapes, 2 sparsities)
-    python -m kernels.bench --json out/kernels.json --threads 2 --sparsity 0.75,0.9 --devices cpu
+    python -m sparse_kernels.bench                      # full: 2048 tokens, GPT-2 Small + GPT-3 XL shapes
+    python -m sparse_kernels.bench --quick              # a short run (GPT-2 Small shapes, 2 sparsities)
+    python -m sparse_kernels.bench --json out/kernels.json --threads 2 --sparsity 0.75,0.9 --devices cpu
 
 Each layer computes y = x @ W.T with x (tokens, in) and a random unstructured mask of the given
 sparsity. The three methods are timed interleaved (dense, torch.sparse, ours, dense, ...) and
@@ -27,7 +27,7 @@ from types import SimpleNamespace
 import torch
 
 from common import UsageError, check, check_output_file, parse_config, run_cli
-from kernels import csr_matmul, to_csr, to_sparse_model
+from sparse_kernels import csr_matmul, to_csr, to_sparse_model
 
 # (model, layer, out_features, in_features): the MLP matrices, the largest of each model
 SHAPES = [("gpt2-small", "c_fc", 3072, 768), ("gpt2-small", "c_proj", 768, 3072),
@@ -187,7 +187,7 @@ def main(argv):
     torch.set_num_threads(args.threads)
 
     started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    print(f"# kernels.bench {started}; torch {torch.__version__}; CPU threads {args.threads}; "
+    print(f"# sparse_kernels.bench {started}; torch {torch.__version__}; CPU threads {args.threads}; "
           f"{cpu_model()}; load average {os.getloadavg()[0]:.1f}"
           + (f"; GPU {torch.cuda.get_device_name()}" if "cuda" in devices else ""))
     rows, gen = [], torch.Generator().manual_seed(0)
@@ -205,7 +205,7 @@ def main(argv):
                                  speedup_vs_torch_sparse=times["torch_sparse"] / times["ours"],
                                  ideal=1 / (1 - s), max_rel_err=err))
                 print(table_line(rows[-1], "cuda" in devices), flush=True)
-    result = dict(date=started, command="python -m kernels.bench " + " ".join(argv),
+    result = dict(date=started, command="python -m sparse_kernels.bench " + " ".join(argv),
                   torch=torch.__version__, threads=args.threads, platform=platform.platform(),
                   cuda=torch.cuda.get_device_name() if "cuda" in devices else None, layers=rows)
     if not args.no_gen:
