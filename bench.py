@@ -49,9 +49,8 @@ DEFAULTS = dict(
 def hf_peer_step(mcfg, cfg, device, x, y, accum):
     """A training step of transformers' GPT2LMHeadModel built to mcfg's shape (no GPT-2 weights needed):
     SDPA attention, the same autocast, compile and fused AdamW with the same decay groups, clipping at 1."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    from hf import GELU_TO_HF
+    from hf import GELU_TO_HF, from_transformers
+    GPT2Config, GPT2LMHeadModel = from_transformers("GPT2Config", "GPT2LMHeadModel")
     hc = GPT2Config(vocab_size=mcfg.vocab_size, n_positions=mcfg.block_size, n_embd=mcfg.n_embd,
                     n_layer=mcfg.n_layer, n_head=mcfg.n_head, activation_function=GELU_TO_HF[mcfg.activation],
                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, layer_norm_epsilon=1e-5,

@@ -34,6 +34,24 @@ HF_TO_GELU = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gel
 CONV1D = ("attn.c_proj", "mlp.c_fc", "mlp.c_proj")  # HF Conv1D modules that map 1:1 onto our Linears
 
 
+def from_transformers(*names):
+    """transformers' classes by name; a missing or broken transformers (an import error inside it, a
+    module of ours shadowing one it needs) is a one-line error naming the package and its version."""
+    import importlib.metadata
+    try:
+        import transformers
+        found = [getattr(transformers, name) for name in names]  # lazy: the model modules load here
+    except Exception as e:
+        try:
+            version = importlib.metadata.version("transformers")
+        except importlib.metadata.PackageNotFoundError:
+            raise UsageError("transformers is not installed (pip install transformers); it is needed "
+                             "for GPT-2 import and export") from e
+        raise UsageError(f"transformers {version} cannot be imported ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0][:200] if str(e) else ''})") from e
+    return found[0] if len(found) == 1 else found
+
+
 def is_hf_source(source):
     """A Hub name (not shadowed by a local path) or a folder with config.json and no ckpt.pt."""
     source = str(source)
@@ -45,7 +63,7 @@ def is_hf_source(source):
 
 def _hf_config(source):
     """The transformers GPT2Config of a Hub name or local folder; one-line errors for the rest."""
-    from transformers import AutoConfig
+    AutoConfig = from_transformers("AutoConfig")
     if source not in HUB_NAMES or os.path.exists(source):
         p = Path(source)
         check(p.is_dir(), f"{source}: no such folder (and not one of {', '.join(HUB_NAMES)})")
@@ -126,7 +144,7 @@ def to_hf_state(sd, cfg):
 
 def import_hf(source, dropout=0.0, block_size=0):
     """A project-style checkpoint dict (model, model_config, empty masks, config) from HF GPT-2."""
-    from transformers import GPT2LMHeadModel
+    GPT2LMHeadModel = from_transformers("GPT2LMHeadModel")
     cfg = gpt_config(source, dropout, block_size)
     try:
         hf = GPT2LMHeadModel.from_pretrained(source).float()
@@ -176,7 +194,7 @@ def export(model, ckpt, out_dir, dtype="float32"):
     """Write `model` (and ckpt's soft prompt) as an HF GPT-2 folder; returns a summary dict (zeros,
     soft prompt, tokenizer). model, ckpt = common.load_model(path)."""
     from safetensors.torch import save_file
-    from transformers import GPT2Config
+    GPT2Config = from_transformers("GPT2Config")
     import sparsity as sp
     cfg = model.config
     masks = ckpt.get("masks") or {}

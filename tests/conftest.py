@@ -14,6 +14,31 @@ if "SPDF_DATA_MIRROR" not in os.environ and (_shared / "data").is_dir():
 if "TIKTOKEN_CACHE_DIR" not in os.environ and (_shared / "tiktoken" / "cache").is_dir():
     os.environ["TIKTOKEN_CACHE_DIR"] = str(_shared / "tiktoken" / "cache")
 
+SKIP = {".git", ".pytest_cache", "__pycache__", ".gpu"}  # git, pytest's and Python's caches, gpu_check's pack
+
+
+def checkout_files(root=ROOT):
+    """Every file of the checkout with its size and mtime, virtual environments and caches aside."""
+    files = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if d not in SKIP and not d.startswith(".venv")]
+        for name in filenames:
+            st = os.stat(os.path.join(dirpath, name))
+            files[os.path.relpath(os.path.join(dirpath, name), root)] = (st.st_size, st.st_mtime_ns)
+    return files
+
+
+@pytest.fixture(scope="session", autouse=True)
+def hermetic():
+    """Tests write under tmp_path only: the suite fails if it added, changed or removed a file of the
+    checkout (its out/, data/, results/), so nothing a user's runs left there can matter either."""
+    before = checkout_files()
+    yield
+    after = checkout_files()
+    changed = sorted(set(before) ^ set(after) | {f for f in before.keys() & after.keys() if before[f] != after[f]})
+    assert not changed, f"the tests wrote into the checkout: {', '.join(changed[:10])}"
+
+
 # a pre-training run small enough for a test: 64 tokens per step
 TINY_RUN = ["--model=tiny", "--batch_size=2", "--block_size=32", "--eval_iters=2", "--device=cpu"]
 

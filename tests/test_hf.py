@@ -198,3 +198,18 @@ def test_sparse_llama_pipeline_from_local_hf_folder(tmp_path, tiny_hf_dir, shake
     # fine-tuning straight from the HF folder works too (1024 -> its 128 positions)
     metrics = finetune.main([f"--init_from={tiny_hf_dir}", f"--out_dir={tmp_path / 'ft2'}", *ft_args])
     assert metrics["n_examples"] == 2 and metrics["pretrain_sparsity"] == 0.0
+
+
+def test_a_broken_transformers_is_a_one_line_error_naming_its_version(monkeypatch):
+    import importlib.metadata
+    import sys
+    import types
+
+    class Broken(types.ModuleType):  # what our old kernels/ did: shadow a module transformers imports
+        def __getattr__(self, name):
+            raise ImportError("cannot import name 'CUDAProperties' from 'kernels'")
+    monkeypatch.setitem(sys.modules, "transformers", Broken("transformers"))
+    version = importlib.metadata.version("transformers")
+    with pytest.raises(UsageError, match=rf"^transformers {version} cannot be imported "
+                                         r"\(ImportError: cannot import name 'CUDAProperties'"):
+        hf.from_transformers("GPT2Config")

@@ -84,8 +84,10 @@ def test_two_process_ddp_run_ends_identical_on_both_ranks(ddp_run):
     ("--fsdp=True", "torchrun"),
 ])
 @pytest.mark.slow
-def test_bad_input_is_a_one_line_error(arg, message):
-    proc = subprocess.run([sys.executable, "pretrain.py", arg], cwd=ROOT, capture_output=True, text=True)
+def test_bad_input_is_a_one_line_error(arg, message, tmp_path):
+    # an out_dir of its own: the checkout's out/ (the quick start's) must not change the outcome
+    proc = subprocess.run([sys.executable, "pretrain.py", arg, f"--out_dir={tmp_path / 'out'}"], cwd=ROOT,
+                          capture_output=True, text=True)
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr
     lines = proc.stderr.strip().splitlines()
