@@ -23,10 +23,9 @@ import time
 import torch
 
 import sparsity as sp
-from common import (ADAMW, autocast, check, check_output_file, configure_optimizer, parse_config, peak_flops,
-                    pick_device, run_cli)
+from common import autocast, check, check_output_file, parse_config, peak_flops, pick_device, run_cli
 from flops import forward_flops
-from model import GPT, PRESETS, preset_config
+from model import ADAMW, GPT, PRESETS, configure_optimizer, preset_config
 
 DEFAULTS = dict(
     model="tiny",
@@ -169,7 +168,7 @@ def time_finetune(cfg, device):
     import torch.nn.functional as F
 
     import finetune
-    from common import get_tokenizer
+    from data.sources import get_tokenizer
     from data.tasks import encode_example, flatten, load_groups
     torch.manual_seed(cfg["seed"])
     mcfg = preset_config(cfg["model"], cfg["block_size"])

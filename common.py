@@ -1,13 +1,11 @@
 """
-What the scripts share, each in one place: the configurator and command-line errors, device
-choice and the MFU peak table, the tokenizer and the local data mirror, checkpoint I/O and
-rebuilding a model from a checkpoint, the AdamW setup and the LR schedules.
+What every script shares, each in one place: the configurator and command-line errors, device choice,
+autocast and the MFU peak table, and the guards on output paths and training. Checkpoints live in
+checkpoint.py, the tokenizer and data sources in data/sources.py, the optimizer next to the model.
 """
 import ast
-import json
 import math
 import os
-import pickle
 import sys
 from contextlib import nullcontext
 from pathlib import Path
@@ -178,138 +176,6 @@ def peak_flops(device):
 
 
 # -----------------------------------------------------------------------------
-# tokenizer and the local mirror of public data
-
-
-EOT = 50256  # GPT-2 <|endoftext|>: ends every document and every fine-tuning context and completion
-
-
-def get_tokenizer():
-    """GPT-2 BPE via tiktoken (offline when TIKTOKEN_CACHE_DIR holds its cached files)."""
-    import tiktoken
-    try:
-        return tiktoken.get_encoding("gpt2")
-    except Exception as e:  # tiktoken raises plain exceptions when the download fails
-        raise UsageError(f"cannot load the GPT-2 tokenizer ({type(e).__name__}); "
-                         "set TIKTOKEN_CACHE_DIR to a folder with its cached files") from e
-
-
-def mirror_file(relpath):
-    """Path of `relpath` inside $SPDF_DATA_MIRROR (laid out like ../shared/data), or None."""
-    root = os.environ.get("SPDF_DATA_MIRROR")
-    if root and (Path(root) / relpath).exists():
-        return Path(root) / relpath
-    return None
-
-
-def fetch(url, relpath, cache_dir):
-    """The mirror's copy of `relpath` if there is one, else download `url` into cache_dir once."""
-    local = mirror_file(relpath)
-    if local is not None:
-        return local
-    dest = Path(cache_dir) / Path(relpath).name
-    if not dest.exists():
-        import urllib.request
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        print(f"downloading {url}")
-        tmp = dest.with_suffix(dest.suffix + ".part")
-        try:
-            urllib.request.urlretrieve(url, tmp)
-        except OSError as e:
-            raise UsageError(f"cannot download {url} ({e}); set SPDF_DATA_MIRROR to a local copy") from e
-        os.replace(tmp, dest)
-    return dest
-
-
-# -----------------------------------------------------------------------------
-# checkpoints: written atomically, so a crash mid-save never destroys the previous one
-
-
-def save_checkpoint(obj, path):
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # no half-written leftovers; the previous checkpoint is untouched
-        raise
-
-
-def load_checkpoint(path):
-    """Load `path`, or `path/ckpt.pt` when given an out_dir. Tensors and plain values only
-    (weights_only=True): a checkpoint that would run code is refused. Errors are one line."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "ckpt.pt"
-    check(path.is_file(), f"checkpoint not found: {path}")
-    import zipfile
-    check(zipfile.is_zipfile(path), f"cannot read checkpoint {path}: not a file written by torch.save")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise UsageError(f"refusing to load {path}: it holds objects other than tensors and plain values, "
-                         "which could run code (only weights_only=True checkpoints are read)") from e
-    except Exception as e:
-        raise UsageError(f"cannot read checkpoint {path}: {type(e).__name__}") from e
-    check(isinstance(ckpt, dict) and "model" in ckpt and "model_config" in ckpt,
-          f"{path} is not an spdf checkpoint (no 'model'/'model_config')")
-    return ckpt
-
-
-def load_weights(model, state, path):
-    """model.load_state_dict(state), a mismatch reported as one line naming the checkpoint."""
-    try:
-        model.load_state_dict(state)
-    except (RuntimeError, KeyError, TypeError, AttributeError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UsageError(f"{path}: weights do not match the model ({first[:200]})") from e
-
-
-def load_model(path, **config):
-    """
-    (GPT, checkpoint) from `path` (a checkpoint or an out_dir, or a Hugging Face GPT-2: gpt2,
-    gpt2-medium, gpt2-large, gpt2-xl or a local folder, imported by hf.py), on the CPU; `config`
-    overrides model_config fields (e.g. dropout=0.1; a smaller block_size keeps the first rows of the
-    position table). Every script writes the same dict:
-
-      model          the GPT's state_dict (the tied head included, as state_dict() gives it)
-      model_config   model.GPTConfig as a dict
-      masks          parameter name -> bool tensor (True = kept); {} or absent when dense
-      config         the settings of the run that wrote it (its script's DEFAULTS plus overrides)
-    pretrain.py adds, for an exact resume: optimizer (optimizer.state_dict()'s numbering), iter_num,
-      tokens_seen, flops_spent (SPDF's accounting), best_val_loss, rng (torch, cuda, data: one per rank)
-    sparsegpt.py --out writes model, model_config, masks and config only (no optimizer: a new run)
-    finetune.py adds: pretrain_sparsity, pretrain_config, finetune (its log), iter_num, best_val_loss,
-      soft_prompt (N, n_embd) when it trained one
-    """
-    import hf  # a library module that imports this one, hence here
-    from model import GPT, GPTConfig
-    ckpt = hf.load_source(path)  # a checkpoint dict either way (HF: model, model_config, masks={}, config)
-    try:
-        model = GPT(GPTConfig(**{**ckpt["model_config"], **config}))
-    except (TypeError, ValueError, AssertionError) as e:
-        raise UsageError(f"{path}: model_config does not match model.py ({type(e).__name__}: {e})") from e
-    state, positions = ckpt["model"], ckpt["model_config"].get("block_size")
-    if positions and model.config.block_size != positions:  # a shorter context than the checkpoint's
-        check(model.config.block_size < positions,
-              f"--block_size={model.config.block_size} exceeds {path}'s {positions} positions")
-        state = {**state, "transformer.wpe.weight": state["transformer.wpe.weight"][:model.config.block_size]}
-    load_weights(model, state, path)
-    return model, ckpt
-
-
-def check_pretrain_checkpoint(ckpt, path):
-    """A checkpoint that --init_from=resume can continue: written by pretrain.py, not finetune.py."""
-    missing = [k for k in ("optimizer", "config", "iter_num", "tokens_seen", "flops_spent", "rng", "masks")
-               if k not in ckpt]
-    check(not missing and isinstance(ckpt["config"], dict) and "model" in ckpt["config"]
-          and "finetune" not in ckpt,
-          f"{path} is not a pre-training checkpoint (a fine-tuned one?): it cannot be resumed by pretrain.py")
-
-
-# -----------------------------------------------------------------------------
 # guards: training that diverges, output paths checked before work starts, run folders and logs
 
 
@@ -356,35 +222,6 @@ def check_scratch_out_dir(out_dir):
           f"with another --out_dir (or delete {out_dir} first)")
 
 
-def resume_schedule(saved, overrides, iter_num):
-    """How a resumed pre-training run continues: (config changes, message or None, finished).
-    The run's LR schedule is kept: when --max_iters changes (an "extend"), a cosine decay that ran
-    over max_iters stays pinned to the old length (then the LR stays at its floor) and a fractional
-    --densify_at stays at its iteration, unless --lr_decay_iters / --densify_at are given too."""
-    old = saved["max_iters"]
-    new = overrides.get("max_iters", old)
-    check(new >= iter_num, f"--max_iters={new} is below the checkpoint's iteration {iter_num}: a run cannot go back")
-    if new == iter_num:
-        return {}, (f"the run finished at iteration {iter_num} (--max_iters={old}): nothing to do; "
-                    f"pass --max_iters=N with N > {iter_num} to extend it"), True
-    if new == old:
-        return {}, None, False
-    changes = {}
-    if "lr_decay_iters" not in overrides and not saved.get("lr_decay_iters"):
-        changes["lr_decay_iters"] = old
-    densify_at = saved.get("densify_at", 0.0)
-    if "densify_at" not in overrides and 0 < densify_at < 1:
-        changes["densify_at"] = float(max(1, round(densify_at * old)))
-    decay = overrides.get("lr_decay_iters") or changes.get("lr_decay_iters") or saved.get("lr_decay_iters") or new
-    note = (f"{'extending' if new > old else 'shortening'} the run from {old} to {new} iterations; the learning "
-            f"rate keeps its schedule: cosine decay until iteration {decay}"
-            + (", then constant at its floor" if decay < new else "")
-            + ("" if "lr_decay_iters" in overrides else f" (pass --lr_decay_iters={new} to stretch the decay instead)"))
-    if "densify_at" in changes:
-        note += f"; dense from iteration {int(changes['densify_at'])} as before"
-    return changes, note, False
-
-
 def prepare_run_dir(out_dir):
     """Create out_dir and remove a ckpt.pt.tmp left by a run killed while saving."""
     out_dir = Path(out_dir)
@@ -393,73 +230,3 @@ def prepare_run_dir(out_dir):
     if stale.exists():
         print(f"removing {stale}, left by an interrupted save")
         stale.unlink()
-
-
-def trim_log(log_path, iter_num):
-    """Cut a log.jsonl back to the records of iterations <= iter_num (the checkpoint's), so a resumed
-    run logs every iteration exactly once. A torn last line (a kill mid-write) goes too."""
-    log_path = Path(log_path)
-    if not log_path.exists():
-        return
-    kept = []
-    for line in log_path.read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(record, dict) and isinstance(record.get("iter"), int) and record["iter"] <= iter_num:
-            kept.append(line + "\n")
-    tmp = log_path.with_name(log_path.name + ".tmp")
-    tmp.write_text("".join(kept), encoding="utf-8")
-    os.replace(tmp, log_path)
-
-
-# -----------------------------------------------------------------------------
-# token files
-
-
-def read_bin(path):
-    """A token file (uint16) as a read-only memmap; empty or odd-sized files are a one-line error."""
-    import numpy as np
-    size = os.path.getsize(path)
-    check(size > 0, f"{path} is empty")
-    check(size % 2 == 0, f"{path} has an odd size ({size} bytes): not a file of uint16 tokens")
-    return np.memmap(path, dtype=np.uint16, mode="r")
-
-
-# -----------------------------------------------------------------------------
-# the optimizer and the learning-rate schedules
-
-# the paper's AdamW (supplement A.1); pretrain.py exposes each as an option, bench.py times it as is
-ADAMW = dict(weight_decay=0.1, beta1=0.9, beta2=0.999, eps=1e-8)
-
-
-def decay_groups(model, weight_decay):
-    """AdamW parameter groups: decay on trainable matrices only (biases and LayerNorms get none)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    return [dict(params=[p for p in params if p.dim() >= 2], weight_decay=weight_decay),
-            dict(params=[p for p in params if p.dim() < 2], weight_decay=0.0)]
-
-
-def configure_optimizer(model, cfg, device):
-    """AdamW with cfg's learning_rate, weight_decay, beta1, beta2, eps; decay on matrices only."""
-    return torch.optim.AdamW(decay_groups(model, cfg["weight_decay"]), lr=cfg["learning_rate"],
-                             betas=(cfg["beta1"], cfg["beta2"]), eps=cfg["eps"], fused=device.startswith("cuda"))
-
-
-def cosine_lr(it, max_lr, warmup_iters, decay_iters, min_lr_ratio=0.1):
-    """Linear warm-up, then cosine decay to min_lr_ratio * max_lr (the paper: 10% of peak)."""
-    if it < warmup_iters:
-        return max_lr * (it + 1) / warmup_iters
-    if it >= decay_iters:
-        return max_lr * min_lr_ratio
-    progress = (it - warmup_iters) / max(1, decay_iters - warmup_iters)
-    coeff = 0.5 * (1.0 + math.cos(math.pi * progress))
-    return max_lr * (min_lr_ratio + coeff * (1.0 - min_lr_ratio))
-
-
-def linear_lr(it, max_lr, warmup_iters, total_iters):
-    """Linear warm-up, then linear decay to 0 at total_iters (the fine-tuning schedule)."""
-    if it < warmup_iters:
-        return max_lr * (it + 1) / warmup_iters
-    return max_lr * max(0.0, (total_iters - it) / max(1, total_iters - warmup_iters))

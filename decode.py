@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from common import EOT, autocast
+from common import autocast
+from data.sources import EOT
 from data.tasks import encode_prompt
 
 

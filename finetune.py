@@ -19,20 +19,24 @@ import math
 import os
 import random
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+import checkpoint
 import sparsity as sp
-from common import (EOT, autocast, check, check_finite, check_writable_dir, decay_groups, get_tokenizer,
-                    linear_lr, load_model, parse_config, pick_device, prepare_run_dir, run_cli, save_checkpoint)
+from checkpoint import checkpoint_dict, save_checkpoint
+from common import (autocast, check, check_finite, check_writable_dir, parse_config, pick_device, prepare_run_dir,
+                    run_cli)
+from data.sources import EOT, get_tokenizer
 from data.tasks import NLG_TASKS, TASKS, encode_example, flatten, load_groups
 from decode import decode_groups
 from flops import train_flops
-from softprompt import setup_soft_prompt
+from hf import load_any
+from model import decay_groups
+from related.softprompt import setup_soft_prompt
 
 DEFAULTS = dict(
     recipe="toy",               # a label for the screen and metrics.json (config/finetune_paper.py: "paper")
@@ -74,6 +78,14 @@ PER_TASK = {  # label_smoothing, dropout, length_penalty
     "e2e": (0.1, 0.1, 0.9), "webnlg": (0.1, 0.1, 0.8), "dart": (0.0, 0.0, 0.8),
     "curation": (0.0, 0.0, 1.0), "summarization": (0.0, 0.0, 1.0),
 }
+
+
+def linear_lr(it, max_lr, warmup_iters, total_iters):
+    """Linear warm-up, then linear decay to 0 at total_iters (the fine-tuning schedule)."""
+    if it < warmup_iters:
+        return max_lr * (it + 1) / warmup_iters
+    return max_lr * max(0.0, (total_iters - it) / max(1, total_iters - warmup_iters))
+
 
 
 def validate(cfg):
@@ -155,10 +167,9 @@ def evaluate_loss(model, examples, batch_size, device, prompt=None):
 
 def init_model(cfg, device):
     """Model, masks to keep (empty for dense FT), the pre-training sparsity, model config, checkpoint."""
-    model, ckpt = load_model(cfg["init_from"], dropout=cfg["dropout"])
+    model, ckpt = load_any(cfg["init_from"], dropout=cfg["dropout"])
     mcfg = model.config
-    saved = ckpt.get("config", {})
-    pretrain_sparsity = float(ckpt.get("pretrain_sparsity", saved.get("sparsity", 0.0)))
+    pretrain_sparsity = checkpoint.pretrain_sparsity(ckpt)
     masks = ckpt.get("masks") or {}
     if masks:
         sp.apply_masks(model, masks)  # pruned entries are 0 already; make sure
@@ -285,11 +296,11 @@ def main(argv):
         if masks:
             assert sp.check_masked(model, masks), "a pruned weight is non-zero after sparse fine-tuning"
         run_log.update(log)
-        save_checkpoint(dict(model=best_state, masks={n: m.cpu() for n, m in masks.items()}, config=cfg,
-                             model_config=asdict(mcfg), pretrain_sparsity=pretrain_sparsity,
-                             pretrain_config=ckpt.get("config", {}), finetune=run_log, iter_num=log["steps"],
-                             best_val_loss=log["best_val_loss"],
-                             **({} if prompt is None else dict(soft_prompt=best_prompt))), out_dir / "ckpt.pt")
+        save_checkpoint(checkpoint_dict(best_state, mcfg, cfg, masks, pretrain_sparsity=pretrain_sparsity,
+                                        pretrain_config=ckpt.get("config", {}), finetune=run_log,
+                                        iter_num=log["steps"], best_val_loss=log["best_val_loss"],
+                                        **({} if prompt is None else dict(soft_prompt=best_prompt))),
+                        out_dir / "ckpt.pt")
         print(f"saved the best model (val loss {log['best_val_loss']:.4f}) to {out_dir / 'ckpt.pt'}")
 
     # evaluation on the test split

@@ -1,7 +1,7 @@
 """
 Hugging Face GPT-2 in and out: start SPDF from real GPT-2 weights, hand any checkpoint to transformers.
 
-Import (every script that reads a checkpoint, through common.load_model and load_source here):
+Import (every script whose --init_from may name one, through load_any here):
   --init_from=gpt2 | gpt2-medium | gpt2-large | gpt2-xl   downloaded through transformers (Hub cache)
   --init_from=<folder with config.json and weights>        a local HF GPT-2 (save_pretrained layout)
 HF's GPT-2 keeps its matrices as Conv1D (x @ W, W of shape (in, out)): transposed here into
@@ -20,12 +20,12 @@ either: it goes to soft_prompt.safetensors, to be fed as inputs_embeds before th
 """
 import json
 import os
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
-from common import UsageError, check, check_writable_dir, load_checkpoint, load_model, parse_config, run_cli
+from checkpoint import build_model, checkpoint_dict, load_checkpoint
+from common import UsageError, check, check_writable_dir, parse_config, run_cli
 from model import GPTConfig
 
 HUB_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
@@ -152,24 +152,24 @@ def import_hf(source, dropout=0.0, block_size=0):
         raise UsageError(f"cannot load the GPT-2 weights of {source} ({type(e).__name__}: "
                          f"{str(e).splitlines()[0][:200] if str(e) else ''})") from e
     sd = from_hf_state(hf.state_dict(), cfg)
-    return dict(model=sd, model_config=asdict(cfg), masks={},
-                config=dict(init_from=str(source), sparsity=0.0, hf_source=str(source)))
+    return checkpoint_dict(sd, cfg, dict(init_from=str(source), sparsity=0.0, hf_source=str(source)))
 
 
 def load_source(source, dropout=0.0, block_size=0):
-    """What --init_from names: a project checkpoint (or out_dir) or an HF GPT-2 (Hub name or
-    folder), as a checkpoint dict whose model_config has every GPTConfig field (old checkpoints
-    get today's defaults, i.e. the exact GELU they were trained with)."""
+    """What --init_from names, as a checkpoint dict: a project checkpoint (or out_dir) or an HF GPT-2
+    (Hub name or folder), imported with empty masks."""
     if is_hf_source(source):
         return import_hf(source, dropout, block_size)
     check(os.path.exists(source), f"checkpoint not found: {source} (nor a Hugging Face GPT-2: "
           f"{', '.join(HUB_NAMES)} or a folder with config.json)")
-    ckpt = load_checkpoint(source)
-    try:
-        ckpt["model_config"] = asdict(GPTConfig(**ckpt["model_config"]))
-    except (TypeError, AssertionError) as e:
-        raise UsageError(f"{source}: checkpoint does not match model.py ({type(e).__name__})") from e
-    return ckpt
+    return load_checkpoint(source)
+
+
+def load_any(source, **config):
+    """(GPT, checkpoint dict) from what --init_from names (load_source); `config` overrides
+    model_config fields as in checkpoint.build_model."""
+    ckpt = load_source(source, config.get("dropout", 0.0), config.get("block_size", 0))
+    return build_model(ckpt, source, **config), ckpt
 
 
 # -----------------------------------------------------------------------------
@@ -192,7 +192,7 @@ def tokenizer_files():
 
 def export(model, ckpt, out_dir, dtype="float32"):
     """Write `model` (and ckpt's soft prompt) as an HF GPT-2 folder; returns a summary dict (zeros,
-    soft prompt, tokenizer). model, ckpt = common.load_model(path)."""
+    soft prompt, tokenizer). model, ckpt = load_any(path)."""
     from safetensors.torch import save_file
     GPT2Config = from_transformers("GPT2Config")
     import sparsity as sp
@@ -241,7 +241,7 @@ def main(argv):
     out = Path(cfg["out"])
     check_writable_dir(out, "--out")
     check(not (out / "model.safetensors").exists(), f"{out / 'model.safetensors'} exists: choose another --out")
-    model, ckpt = load_model(cfg["ckpt"])
+    model, ckpt = load_any(cfg["ckpt"])
     s = export(model, ckpt, out, cfg["dtype"])
     print(f"wrote {out}/config.json, model.safetensors ({cfg['dtype']})"
           + (", vocab.json, merges.txt" if s["tokenizer"] else " (no tokenizer files: GPT-2's vocab.bpe/encoder.json "

@@ -206,3 +206,20 @@ class GPT(nn.Module):
                 break
             logits, _ = self(next_token, kv_caches=caches, pos_offset=N + idx.size(1) - 1)
         return idx
+
+
+# the paper's AdamW (supplement A.1); pretrain.py exposes each as an option, bench.py times it as is
+ADAMW = dict(weight_decay=0.1, beta1=0.9, beta2=0.999, eps=1e-8)
+
+
+def decay_groups(model, weight_decay):
+    """AdamW parameter groups: decay on trainable matrices only (biases and LayerNorms get none)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return [dict(params=[p for p in params if p.dim() >= 2], weight_decay=weight_decay),
+            dict(params=[p for p in params if p.dim() < 2], weight_decay=0.0)]
+
+
+def configure_optimizer(model, cfg, device):
+    """AdamW with cfg's learning_rate, weight_decay, beta1, beta2, eps; decay on matrices only."""
+    return torch.optim.AdamW(decay_groups(model, cfg["weight_decay"]), lr=cfg["learning_rate"],
+                             betas=(cfg["beta1"], cfg["beta2"]), eps=cfg["eps"], fused=device.startswith("cuda"))

@@ -8,7 +8,7 @@ it SPDF are marked `# SPDF:`; multi-process training (DDP, FSDP) lives in parall
   torchrun --standalone --nproc_per_node=8 pretrain.py config/pretrain_gpt3_xl.py --sparsity=0.75 --fsdp=True
 
 Related systems (their logic lives in their own modules):
-  python sparsegpt.py --ckpt=out/ckpt.pt --sparsity=0.5 --out=pruned.pt    SparseGPT one-shot prune, then
+  python -m related.sparsegpt --ckpt=out/ckpt.pt --sparsity=0.5 --out=pruned.pt    SparseGPT one-shot prune, then
   python pretrain.py --init_from=pruned.pt --out_dir=out-sgpt               sparse pre-training with its masks
   --sparsity=0.9 --densify_at=0.87         Variable SPDF: sparse, then dense from 87% of max_iters on
   --init_from=out/ckpt.pt --out_dir=out-sat --omit_rate=0.5   SAT-style neuron omission, ladder down to
@@ -17,23 +17,24 @@ Related systems (their logic lives in their own modules):
 Arguments: config files (Python assignments) and --key=value (or --key value) overrides of DEFAULTS.
 """
 import json
+import math
 import os
 import time
-from dataclasses import asdict
+from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-import omission
 import parallel
 import sparsity as sp
-from common import (ADAMW, autocast, check, check_finite, check_pretrain_checkpoint, check_scratch_out_dir,
-                    check_writable_dir, configure_optimizer, cosine_lr, load_model, parse_config,
-                    peak_flops, pick_device, prepare_run_dir, resume_schedule, run_cli, save_checkpoint, trim_log)
+from checkpoint import check_pretrain_checkpoint, checkpoint_dict, load_model, pretrain_sparsity, save_checkpoint
+from common import (autocast, check, check_finite, check_scratch_out_dir, check_writable_dir, parse_config, peak_flops,
+                    pick_device, prepare_run_dir, run_cli)
 from data.prepare import DATASETS, ensure_prepared, load_tokens
 from flops import densify_iter, forward_flops, train_flops
-from hf import HUB_NAMES
-from model import GPT, PRESETS, preset_config
+from hf import HUB_NAMES, load_any
+from model import ADAMW, GPT, PRESETS, configure_optimizer, preset_config
+from related import omission
 
 DEFAULTS = dict(
     # model and sparsity
@@ -72,10 +73,69 @@ DEFAULTS = dict(
 )
 
 
+def cosine_lr(it, max_lr, warmup_iters, decay_iters, min_lr_ratio=0.1):
+    """Linear warm-up, then cosine decay to min_lr_ratio * max_lr (the paper: 10% of peak)."""
+    if it < warmup_iters:
+        return max_lr * (it + 1) / warmup_iters
+    if it >= decay_iters:
+        return max_lr * min_lr_ratio
+    progress = (it - warmup_iters) / max(1, decay_iters - warmup_iters)
+    coeff = 0.5 * (1.0 + math.cos(math.pi * progress))
+    return max_lr * (min_lr_ratio + coeff * (1.0 - min_lr_ratio))
+
+
+def resume_schedule(saved, overrides, iter_num):
+    """How a resumed pre-training run continues: (config changes, message or None, finished).
+    The run's LR schedule is kept: when --max_iters changes (an "extend"), a cosine decay that ran
+    over max_iters stays pinned to the old length (then the LR stays at its floor) and a fractional
+    --densify_at stays at its iteration, unless --lr_decay_iters / --densify_at are given too."""
+    old = saved["max_iters"]
+    new = overrides.get("max_iters", old)
+    check(new >= iter_num, f"--max_iters={new} is below the checkpoint's iteration {iter_num}: a run cannot go back")
+    if new == iter_num:
+        return {}, (f"the run finished at iteration {iter_num} (--max_iters={old}): nothing to do; "
+                    f"pass --max_iters=N with N > {iter_num} to extend it"), True
+    if new == old:
+        return {}, None, False
+    changes = {}
+    if "lr_decay_iters" not in overrides and not saved.get("lr_decay_iters"):
+        changes["lr_decay_iters"] = old
+    densify_at = saved.get("densify_at", 0.0)
+    if "densify_at" not in overrides and 0 < densify_at < 1:
+        changes["densify_at"] = float(max(1, round(densify_at * old)))
+    decay = overrides.get("lr_decay_iters") or changes.get("lr_decay_iters") or saved.get("lr_decay_iters") or new
+    note = (f"{'extending' if new > old else 'shortening'} the run from {old} to {new} iterations; the learning "
+            f"rate keeps its schedule: cosine decay until iteration {decay}"
+            + (", then constant at its floor" if decay < new else "")
+            + ("" if "lr_decay_iters" in overrides else f" (pass --lr_decay_iters={new} to stretch the decay instead)"))
+    if "densify_at" in changes:
+        note += f"; dense from iteration {int(changes['densify_at'])} as before"
+    return changes, note, False
+
+
+def trim_log(log_path, iter_num):
+    """Cut a log.jsonl back to the records of iterations <= iter_num (the checkpoint's), so a resumed
+    run logs every iteration exactly once. A torn last line (a kill mid-write) goes too."""
+    log_path = Path(log_path)
+    if not log_path.exists():
+        return
+    kept = []
+    for line in log_path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("iter"), int) and record["iter"] <= iter_num:
+            kept.append(line + "\n")
+    tmp = log_path.with_name(log_path.name + ".tmp")
+    tmp.write_text("".join(kept), encoding="utf-8")
+    os.replace(tmp, log_path)
+
+
 def validate(cfg):
     check(cfg["model"] in PRESETS, f"unknown model {cfg['model']!r} (choose from {', '.join(PRESETS)})")
     check(0.0 <= cfg["sparsity"] < 1.0, f"--sparsity must be in [0, 1), got {cfg['sparsity']}")
-    check(cfg["mask_method"] != "sparsegpt", "SparseGPT is a step of its own: python sparsegpt.py "
+    check(cfg["mask_method"] != "sparsegpt", "SparseGPT is a step of its own: python -m related.sparsegpt "
           "--ckpt=<dense checkpoint> --sparsity=0.5 --out=pruned.pt, then --init_from=pruned.pt")
     check(cfg["mask_method"] in sp.MASK_METHODS,
           f"unknown mask_method {cfg['mask_method']!r} (choose from {', '.join(sp.MASK_METHODS)})")
@@ -160,14 +220,14 @@ def main(argv):
     # model and masks: resumed, from another checkpoint's weights (and its masks, if any), or new
     if ckpt is not None:
         masks = ckpt["masks"]
-    elif cfg["init_from"] != "scratch":  # a checkpoint, or a Hugging Face GPT-2 (common.load_model)
-        model, source = load_model(cfg["init_from"], dropout=cfg["dropout"],
+    elif cfg["init_from"] != "scratch":  # a checkpoint, or a Hugging Face GPT-2 (hf.load_any)
+        model, source = load_any(cfg["init_from"], dropout=cfg["dropout"],
                                    **({"block_size": cfg["block_size"]} if cfg["block_size"] else {}))
         check(source.get("config", {}).get("hf_source") or model.config == model_config(cfg),  # GPT-2 brings its own
               f"{cfg['init_from']} holds a different architecture than --model={cfg['model']}")
         masks = source.get("masks") or {}
         if masks:  # e.g. sparsegpt.py's pruned checkpoint: pre-training continues with its masks
-            s = source.get("config", {}).get("sparsity", source.get("pretrain_sparsity"))
+            s = pretrain_sparsity(source)
             check("sparsity" not in overrides or overrides["sparsity"] == s,
                   f"{cfg['init_from']} holds masks at sparsity {s:g}: leave out --sparsity")
             cfg.update(sparsity=s, masks_from=cfg["init_from"])
@@ -282,11 +342,9 @@ def main(argv):
             data_states = parallel.all_gather(data_gen.get_state())
             model_state, optimizer_state = parallel.state_dicts(raw_model, optimizer)  # every rank takes part
             if master:
-                save_checkpoint(dict(
-                    model=model_state, masks={n: m.cpu() for n, m in masks.items()},
-                    optimizer=optimizer_state, config=cfg, model_config=asdict(mcfg),
-                    iter_num=iter_num, tokens_seen=tokens_seen, flops_spent=flops_spent, best_val_loss=best_val,
-                    rng=dict(torch=torch.get_rng_state(), data=data_states,
+                save_checkpoint(checkpoint_dict(
+                    model_state, mcfg, cfg, masks, optimizer=optimizer_state, iter_num=iter_num,
+                    tokens_seen=tokens_seen, flops_spent=flops_spent, best_val_loss=best_val, rng=dict(torch=torch.get_rng_state(), data=data_states,
                              cuda=torch.cuda.get_rng_state() if device.startswith("cuda") else None),
                 ), os.path.join(cfg["out_dir"], "ckpt.pt"))
                 tqdm.write(f"iter {iter_num}: train {losses['train']:.4f}, val {losses['val']:.4f}")

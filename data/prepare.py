@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from common import (UsageError, check, check_writable_dir, fetch, get_tokenizer, mirror_file,  # noqa: E402
-                    parse_config, read_bin, run_cli)
+from common import UsageError, check, check_writable_dir, parse_config, run_cli
+from data.sources import fetch, get_tokenizer, mirror_file, read_bin
 
-DATA_DIR = Path(__file__).resolve().parent
+DATA_DIR = Path(os.environ.get("SPDF_DATA_DIR") or Path(__file__).resolve().parent)  # data/<name>/ by default
 SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 PILE_URL = "https://huggingface.co/datasets/monology/pile-uncopyrighted/resolve/main/{}"
 

@@ -21,7 +21,9 @@ import random
 import sys
 from pathlib import Path
 
-from common import EOT, check, fetch, mirror_file
+from common import check
+from data.sources import EOT, fetch, mirror_file
+
 TASKS = ("e2e", "webnlg", "dart", "curation", "summarization")
 NLG_TASKS = ("e2e", "webnlg", "dart")
 CACHE = Path(__file__).resolve().parent  # downloads go to data/<task>/raw/ (git-ignored)

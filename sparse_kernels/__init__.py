@@ -1,11 +1,10 @@
 """
-sparse_kernels/: where SPDF's zeros are actually skipped.
+sparse_kernels/: where SPDF's zeros are actually skipped (benchmarks: tools/kernel_bench.py).
 
     csr.py           the CSR format (to_csr / to_dense) and the reference SpMM, written to be read
     csr_cpu.cpp      the fast CPU kernel (C++, vectorized over tokens), loaded by cpu.py
     triton_csr.py    the GPU kernel (Triton)
     sparse_linear.py csr_matmul, SparseLinear (autograd), model conversion
-    bench.py         python -m sparse_kernels.bench: dense vs torch.sparse vs ours, and generation speed
 
     csr = sparse_kernels.to_csr(weight)             # or to_csr(weight, mask)
     y = sparse_kernels.csr_matmul(csr, x)           # == x @ weight.T, x of shape (..., in_features)

@@ -1,6 +1,7 @@
 """Shared fixtures. Tests run offline: the data mirror and tokenizer cache default to ../shared."""
 import os
 import subprocess
+import tempfile
 import sys
 from pathlib import Path
 
@@ -38,6 +39,9 @@ def hermetic():
     changed = sorted(set(before) ^ set(after) | {f for f in before.keys() & after.keys() if before[f] != after[f]})
     assert not changed, f"the tests wrote into the checkout: {', '.join(changed[:10])}"
 
+
+# prepared corpora (data/<name>/ by default) go to a folder of the session's own, subprocesses included
+os.environ["SPDF_DATA_DIR"] = tempfile.mkdtemp(prefix="spdf_data_")
 
 # a pre-training run small enough for a test: 64 tokens per step
 TINY_RUN = ["--model=tiny", "--batch_size=2", "--block_size=32", "--eval_iters=2", "--device=cpu"]

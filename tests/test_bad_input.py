@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from common import UsageError, cosine_lr, load_checkpoint, run_cli, save_checkpoint
+from common import run_cli, UsageError
+from checkpoint import load_checkpoint, save_checkpoint
+from pretrain import cosine_lr
 from tests.conftest import ROOT, run_pretrain
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -112,35 +114,35 @@ CASES = [  # (script, arguments with {ws} for the folder of inputs, a word the m
     ("bench", "--json={ws}", "is a folder"),
     ("bench", "--device=tpu", "unknown device"),
     ("bench", "--sparsity=1e400", "finite"),
-    ("reproduce", "--results={ws}/a_file", "not a folder"),
-    ("reproduce", "--results=", "empty"),
-    ("reproduce", "--scale=nope", "scale"),
-    ("reproduce", "--sparsities=0.5,1.5", "sparsities"),
-    ("sparsegpt", "--ckpt={ws}/pre --device=tpu", "unknown device"),
-    ("sparsegpt", "--ckpt={ws}/pre --calib_samples=0", "calib_samples"),
-    ("sparsegpt", "--ckpt={ws}/pre --eval_batches=0", "eval_batches"),
-    ("sparsegpt", "--ckpt={ws}/evil.pt", "refusing to load"),
-    ("sparsegpt", "--ckpt={ws}/pre --out={ws}/a_file", "exists"),
-    ("sparsegpt", "--ckpt={ws}/pre --out={ws}", "is a folder"),
-    ("pretrain", f"{PRE} --mask_method=sparsegpt --out_dir={{ws}}/new", "sparsegpt.py"),
-    ("sparsegpt", "--ckpt={ws}/ft.pt --data_dir={ws}/only_train", "val.bin"),
-    ("sparsegpt", "--ckpt={ws}/pre --data_dir={ws}/missing", "does not exist"),
-    ("subspace", "{ws}/pre {ws}/evil.pt", "refusing to load"),
-    ("subspace", "{ws}/pre {ws}/pre --png={ws}/a_file/x.png", "not a folder"),
-    ("subspace", "{ws}/pre {ws}/pre --json={ws}", "is a folder"),
-    ("subspace", "", "usage"),  # parse_config, not argparse (issue 11)
-    ("subspace", "{ws}/pre {ws}/pre --bogus", "unknown config key"),
+    ("experiments.reproduce", "--results={ws}/a_file", "not a folder"),
+    ("experiments.reproduce", "--results=", "empty"),
+    ("experiments.reproduce", "--scale=nope", "scale"),
+    ("experiments.reproduce", "--sparsities=0.5,1.5", "sparsities"),
+    ("related.sparsegpt", "--ckpt={ws}/pre --device=tpu", "unknown device"),
+    ("related.sparsegpt", "--ckpt={ws}/pre --calib_samples=0", "calib_samples"),
+    ("related.sparsegpt", "--ckpt={ws}/pre --eval_batches=0", "eval_batches"),
+    ("related.sparsegpt", "--ckpt={ws}/evil.pt", "refusing to load"),
+    ("related.sparsegpt", "--ckpt={ws}/pre --out={ws}/a_file", "exists"),
+    ("related.sparsegpt", "--ckpt={ws}/pre --out={ws}", "is a folder"),
+    ("pretrain", f"{PRE} --mask_method=sparsegpt --out_dir={{ws}}/new", "related.sparsegpt"),
+    ("related.sparsegpt", "--ckpt={ws}/ft.pt --data_dir={ws}/only_train", "val.bin"),
+    ("related.sparsegpt", "--ckpt={ws}/pre --data_dir={ws}/missing", "does not exist"),
+    ("related.subspace", "{ws}/pre {ws}/evil.pt", "refusing to load"),
+    ("related.subspace", "{ws}/pre {ws}/pre --png={ws}/a_file/x.png", "not a folder"),
+    ("related.subspace", "{ws}/pre {ws}/pre --json={ws}", "is a folder"),
+    ("related.subspace", "", "usage"),  # parse_config, not argparse (issue 11)
+    ("related.subspace", "{ws}/pre {ws}/pre --bogus", "unknown config key"),
     ("data.prepare", "shakespeare --files={ws}/nonutf8.txt --out_dir={ws}/prep", "UTF-8"),
     ("data.prepare", "pile --files={ws}/textnum.jsonl --out_dir={ws}/prep", "not a string"),
     ("data.prepare", "pile --files={ws}/list.jsonl --out_dir={ws}/prep", "not a JSON object"),
     ("data.prepare", "shakespeare --out_dir={ws}/a_file", "not a folder"),
     ("data.prepare", "shakespeare --out_dir=", "empty"),
     ("data.prepare", "nope", "unknown dataset"),
-    ("sparse_kernels.bench", "--devices tpu", "--devices"),
-    ("sparse_kernels.bench", "--gen_model nope", "gen_model"),
-    ("sparse_kernels.bench", "--json {ws}/a_file/x.json", "not a folder"),
-    ("sparse_kernels.bench", "--sparsity 1.5", "sparsity"),
-    ("sparse_kernels.bench", "--json=", "empty"),
+    ("tools.kernel_bench", "--devices tpu", "--devices"),
+    ("tools.kernel_bench", "--gen_model nope", "gen_model"),
+    ("tools.kernel_bench", "--json {ws}/a_file/x.json", "not a folder"),
+    ("tools.kernel_bench", "--sparsity 1.5", "sparsity"),
+    ("tools.kernel_bench", "--json=", "empty"),
 ]
 
 

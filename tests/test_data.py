@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import zstandard
 
-from common import UsageError, get_tokenizer
+from common import UsageError
+from data.sources import get_tokenizer
 from data.prepare import load_tokens, prepare
 
 DOCS = [f"Document number {i} says hello to the world." for i in range(10)]

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 import finetune
-from common import UsageError, load_checkpoint
+from common import UsageError
+from checkpoint import load_checkpoint
 from decode import banned_tokens, beam_search
 from model import GPT, GPTConfig
 

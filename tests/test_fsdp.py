@@ -6,7 +6,8 @@ import pytest
 import torch
 
 import pretrain
-from common import UsageError, load_checkpoint
+from common import UsageError
+from checkpoint import load_checkpoint
 from model import GPT, GPTConfig
 from tests.conftest import TWO_PROCESS_RUN, torchrun_pretrain
 

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-import gpu_check
-from common import UsageError, save_checkpoint
+from tools import gpu_check
+from common import UsageError
+from checkpoint import save_checkpoint
 
 
 def test_dry_run_runs_every_step_and_writes_the_table(tmp_path):
@@ -51,7 +52,7 @@ def test_without_cuda_it_asks_for_the_dry_run(tmp_path):
 def test_pack_then_unpack_gives_the_gpu_machine_the_same_tokens_and_the_data_paths(tmp_path, monkeypatch):
     from data.prepare import load_tokens
     command, size = gpu_check.pack(tmp_path / "pack", datasets=(("shakespeare", 1000),))
-    assert "gpu_check.py" in command and 0 < size < 56 * 2**20
+    assert "tools.gpu_check" in command and 0 < size < 56 * 2**20
     assert (tmp_path / "pack/mirror/e2e/train.txt").exists() and list((tmp_path / "pack/tiktoken").iterdir())
     monkeypatch.delenv("SPDF_DATA_MIRROR", raising=False)  # the GPU machine has neither
     monkeypatch.delenv("TIKTOKEN_CACHE_DIR", raising=False)
@@ -70,6 +71,8 @@ def test_pack_then_unpack_gives_the_gpu_machine_the_same_tokens_and_the_data_pat
 def test_the_packed_python_packages_import_from_the_zip_in_the_steps_environment(tmp_path, monkeypatch):
     (tmp_path / "pack").mkdir()
     gpu_check.pack(tmp_path / "pack", datasets=())
+    monkeypatch.delenv("SPDF_DATA_MIRROR", raising=False)  # unpack sets both: restored after the test
+    monkeypatch.delenv("TIKTOKEN_CACHE_DIR", raising=False)
     monkeypatch.setenv("PYTHONPATH", "")
     gpu_check.unpack(tmp_path / "pack", tmp_path / "data")
     code = "import nltk.tokenize, pycocoevalcap.rouge.rouge as r, pycocoevalcap.cider.cider as c; " \

@@ -14,8 +14,9 @@ from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel  # no
 
 import finetune  # noqa: E402
 import hf  # noqa: E402
-import sparsegpt  # noqa: E402
-from common import UsageError, load_checkpoint  # noqa: E402
+from related import sparsegpt  # noqa: E402
+from common import UsageError  # noqa: E402
+from checkpoint import load_checkpoint  # noqa: E402
 from conftest import run_pretrain  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
 
@@ -126,7 +127,7 @@ def test_export_sparse_checkpoint_and_tokenizer(tmp_path, tiny_ckpt, capsys):
     with torch.no_grad():
         assert max_diff(theirs(x).logits, ours(ck)(x)[0]) <= TOL
     if summary["tokenizer"]:  # GPT-2's BPE from tiktoken's cache: the same ids as ours
-        from common import get_tokenizer
+        from data.sources import get_tokenizer
         tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
         text = "The Eagle is a coffee shop near Burger King.\n  It's  £20-25 — family-friendly!"
         assert tok(text)["input_ids"] == get_tokenizer().encode(text)

@@ -205,7 +205,7 @@ def test_fallback_without_compiler(monkeypatch):
 @pytest.mark.slow
 def test_bench_layer_and_cli_errors(ext):
     from common import UsageError
-    from sparse_kernels import bench
+    from tools import kernel_bench as bench
     times, err = bench.bench_layer("cpu", 64, 48, 0.75, 32, 1, torch.Generator().manual_seed(0))
     assert set(times) == {"dense", "torch_sparse", "ours"} and err < 1e-5
     with pytest.raises(UsageError):

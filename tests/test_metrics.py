@@ -4,7 +4,7 @@ import math
 import pytest
 
 import metrics
-from common import mirror_file
+from data.sources import mirror_file
 from data.tasks import read_e2e
 
 has_java = metrics.java_missing() is None

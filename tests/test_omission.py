@@ -5,8 +5,9 @@ import json
 import pytest
 import torch
 
-import omission
-from common import UsageError, load_checkpoint
+from related import omission
+from common import UsageError
+from checkpoint import load_checkpoint
 from conftest import run_pretrain
 from model import GPT, PRESETS
 

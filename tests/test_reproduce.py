@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-import report
-import reproduce
+from experiments import report
+from experiments import reproduce
 from common import UsageError
 
 ONE_SEED = ["--scale=smoke", "--tasks=e2e", "--sparsities=0,0.75", "--seeds=1", "--device=cpu"]

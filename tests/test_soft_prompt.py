@@ -9,8 +9,9 @@ import pytest
 import torch
 
 import finetune
-import softprompt
-from common import UsageError, load_checkpoint
+from related import softprompt
+from common import UsageError
+from checkpoint import load_checkpoint
 from decode import beam_search
 from model import GPT, GPTConfig
 

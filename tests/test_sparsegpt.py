@@ -3,9 +3,10 @@
 import pytest
 import torch
 
-import sparsegpt
+from related import sparsegpt
 import sparsity as sp
-from common import UsageError, load_checkpoint
+from common import UsageError
+from checkpoint import load_checkpoint
 from conftest import run_pretrain
 from model import GPT, PRESETS
 

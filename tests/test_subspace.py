@@ -5,8 +5,9 @@ from dataclasses import asdict
 import pytest
 import torch
 
-import subspace
-from common import UsageError, save_checkpoint
+from related import subspace
+from common import UsageError
+from checkpoint import save_checkpoint
 from model import GPT, PRESETS
 
 

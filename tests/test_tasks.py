@@ -3,7 +3,8 @@ import json
 
 import pytest
 
-from common import UsageError, get_tokenizer, mirror_file
+from common import UsageError
+from data.sources import get_tokenizer, mirror_file
 from data.tasks import (EOT, encode_example, encode_prompt, flatten, linearize, load_groups, read_dart,
                         read_e2e, read_summaries, read_webnlg)
 

@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from common import load_checkpoint
+from checkpoint import load_checkpoint
 from conftest import run_pretrain
 from flops import densify_iter, train_flops, vspdf_train_flops
 from model import PRESETS

@@ -1,9 +1,9 @@
 """
 The CPU kernel at an older commit against the working tree's, and dense, interleaved in one process
-(best and median of --repeats), 2048 tokens, the four layer shapes of sparse_kernels.bench. Run from the
+(best and median of --repeats), 2048 tokens, the four layer shapes of tools.kernel_bench. Run from the
 repository root:
 
-    python results/kernels/compare_old_new.py OLD_COMMIT [--threads 2] [--repeats 7] [--avx2]
+    python -m tools.kernels.compare_old_new OLD_COMMIT [--threads 2] [--repeats 7] [--avx2]
 
 --avx2 builds both without AVX-512 (-mno-avx512f): the AVX2 path, measurable on an AVX-512 machine.
 The new kernel gets its per-pattern column-block bounds computed once, as SparseLinear keeps them.
@@ -11,16 +11,14 @@ The new kernel gets its per-pattern column-block bounds computed once, as Sparse
 import argparse
 import os
 import subprocess
-import sys
 import tempfile
 import time
 
 import torch
 from torch.utils.cpp_extension import load
 
-sys.path.insert(0, ".")
 from sparse_kernels import to_csr  # noqa: E402
-from sparse_kernels.bench import cpu_model  # noqa: E402
+from tools.kernel_bench import cpu_model  # noqa: E402
 
 ap = argparse.ArgumentParser()
 ap.add_argument("old")

@@ -1,9 +1,9 @@
 """
 Benchmark: dense torch.matmul vs torch.sparse.mm (CSR) vs our CSR kernel, same inputs, one run.
 
-    python -m sparse_kernels.bench                      # full: 2048 tokens, GPT-2 Small + GPT-3 XL shapes
-    python -m sparse_kernels.bench --quick              # a short run (GPT-2 Small shapes, 2 sparsities)
-    python -m sparse_kernels.bench --json out/kernels.json --threads 2 --sparsity 0.75,0.9 --devices cpu
+    python -m tools.kernel_bench                      # full: 2048 tokens, GPT-2 Small + GPT-3 XL shapes
+    python -m tools.kernel_bench --quick              # a short run (GPT-2 Small shapes, 2 sparsities)
+    python -m tools.kernel_bench --json out/kernels.json --threads 2 --sparsity 0.75,0.9 --devices cpu
 
 Each layer computes y = x @ W.T with x (tokens, in) and a random unstructured mask of the given
 sparsity. The three methods are timed interleaved (dense, torch.sparse, ours, dense, ...) and
@@ -205,7 +205,7 @@ def main(argv):
                                  speedup_vs_torch_sparse=times["torch_sparse"] / times["ours"],
                                  ideal=1 / (1 - s), max_rel_err=err))
                 print(table_line(rows[-1], "cuda" in devices), flush=True)
-    result = dict(date=started, command="python -m sparse_kernels.bench " + " ".join(argv),
+    result = dict(date=started, command="python -m tools.kernel_bench " + " ".join(argv),
                   torch=torch.__version__, threads=args.threads, platform=platform.platform(),
                   cuda=torch.cuda.get_device_name() if "cuda" in devices else None, layers=rows)
     if not args.no_gen:

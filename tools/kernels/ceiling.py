@@ -2,7 +2,7 @@
 How far the CPU kernel can go: its multiply-add rate when everything it touches stays in L1,
 against dense x @ W.T's, interleaved, one thread, best of --repeats. Run from the repository root:
 
-    python results/kernels/ceiling.py [repeats]          # default 15
+    python -m tools.kernels.ceiling [repeats]          # default 15
 
 The layer is GPT-2 Small's c_fc (3072 x 768) with a random mask. Its "L1-resident" twin has the
 same number of entries per row, but all of them in the first 64 columns (repeated columns; the
@@ -16,9 +16,8 @@ import time
 
 import torch
 
-sys.path.insert(0, ".")
 from sparse_kernels import CSR, csr_matmul, to_csr  # noqa: E402
-from sparse_kernels.bench import cpu_model  # noqa: E402
+from tools.kernel_bench import cpu_model  # noqa: E402
 
 repeats = int(sys.argv[1]) if len(sys.argv) > 1 else 15
 torch.set_num_threads(1)

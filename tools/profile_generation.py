@@ -2,8 +2,8 @@
 Sparse inference on the CPU: greedy generation with a masked dense GPT vs the same GPT converted by
 to_sparse_model, tokens/s at each sparsity, and where a decode step's time goes (torch.profiler).
 
-    python -m sparse_kernels.profile_generation                       # gpt2-small, s = 0.75 and 0.9, 2 threads
-    python -m sparse_kernels.profile_generation --sparsity 0.9 --new_tokens 16 --json results/kernels/generation.json
+    python -m tools.profile_generation                       # gpt2-small, s = 0.75 and 0.9, 2 threads
+    python -m tools.profile_generation --sparsity 0.9 --new_tokens 16 --json results/kernels/generation.json
 
 Random weights and a random mask (the speed does not depend on what the weights are). Dense and
 sparse are timed interleaved, best of --repeats, in the same process. The profile covers
@@ -20,7 +20,7 @@ import time
 import torch
 
 from sparse_kernels import SparseLinear, to_sparse_model
-from sparse_kernels.bench import cpu_model
+from tools.kernel_bench import cpu_model
 
 
 def _step_breakdown(model, prompt, new_tokens):
@@ -92,7 +92,7 @@ def run(preset, sparsity, prompt_len, new_tokens, repeats, profile_tokens, seed=
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m sparse_kernels.profile_generation", description=__doc__.split("\n")[1])
+    p = argparse.ArgumentParser(prog="python -m tools.profile_generation", description=__doc__.split("\n")[1])
     p.add_argument("--model", default="gpt2-small")
     p.add_argument("--sparsity", type=float, nargs="+", default=[0.75, 0.9])
     p.add_argument("--threads", type=int, default=2)
@@ -104,7 +104,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    print(f"# sparse_kernels.profile_generation {started}; torch {torch.__version__}; CPU threads {args.threads}; "
+    print(f"# tools.profile_generation {started}; torch {torch.__version__}; CPU threads {args.threads}; "
           f"{cpu_model()}; load average {os.getloadavg()[0]:.1f}")
     rows = []
     for s in args.sparsity:
@@ -119,7 +119,7 @@ def main(argv=None):
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:
-            json.dump(dict(date=started, command="python -m sparse_kernels.profile_generation " + " ".join(argv or []),
+            json.dump(dict(date=started, command="python -m tools.profile_generation " + " ".join(argv or []),
                            cpu=cpu_model(), threads=args.threads, torch=torch.__version__, runs=rows), f, indent=1)
         print(f"wrote {args.json}")
 

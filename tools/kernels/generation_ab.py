@@ -3,25 +3,23 @@ Greedy generation with gpt2-small converted by to_sparse_model, the CPU kernel a
 against the working tree's, alternating in one process, best of --repeats: ms per generated token,
 and of that the time inside the C++ product (ext.spmm). Run from the repository root:
 
-    python results/kernels/generation_ab.py OLD_COMMIT [--sparsity 0.75,0.9] [--threads 2]
+    python -m tools.kernels.generation_ab OLD_COMMIT [--sparsity 0.75,0.9] [--threads 2]
 """
 import argparse
 import copy
 import os
 import subprocess
-import sys
 import tempfile
 import time
 
 import torch
 from torch.utils.cpp_extension import load
 
-sys.path.insert(0, ".")
 import sparse_kernels.cpu as kernel_cpu  # noqa: E402
-from sparse_kernels import to_sparse_model  # noqa: E402
-from sparse_kernels.bench import cpu_model  # noqa: E402
 from model import GPT, PRESETS  # noqa: E402
+from sparse_kernels import to_sparse_model  # noqa: E402
 from sparsity import apply_masks, make_masks  # noqa: E402
+from tools.kernel_bench import cpu_model  # noqa: E402
 
 ap = argparse.ArgumentParser()
 ap.add_argument("old")

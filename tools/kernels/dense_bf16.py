@@ -2,19 +2,17 @@
 Dense x @ W.T in fp32 against bf16 (and the CSR kernel in fp32 beside them), 2 threads, 2048 tokens,
 best of 7, alternating, on GPT-2 Small's and GPT-3 XL's c_fc shapes. Run from the repository root:
 
-    python results/kernels/dense_bf16.py
+    python -m tools.kernels.dense_bf16
 
 On a CPU with AMX (Sapphire/Emerald Rapids), torch's bf16 matmul goes through AMX tiles and the
 fp32 one through AVX-512 FMAs: this shows how far apart the two dense baselines are, which is what
 a bf16 sparse kernel built on vector FMAs would have to beat.
 """
-import sys
 
 import torch
 
-sys.path.insert(0, ".")
 from sparse_kernels import csr_matmul, to_csr  # noqa: E402
-from sparse_kernels.bench import best_ms, cpu_model  # noqa: E402
+from tools.kernel_bench import best_ms, cpu_model  # noqa: E402
 
 torch.set_num_threads(2)
 g = torch.Generator().manual_seed(0)

@@ -2,7 +2,7 @@
 // 512-bit multiply-adds per second (G FMA/s) for the loop as the kernel runs it, one thing changed
 // at a time, against the register-only peak. Interleaved, best of 20 rounds. Build and run:
 //
-//   g++ -O3 -march=native -o /tmp/inner_loop results/kernels/inner_loop.cpp && /tmp/inner_loop
+//   g++ -O3 -march=native -o /tmp/inner_loop tools/kernels/inner_loop.cpp && /tmp/inner_loop
 //
 // The kernel's loop (sparse_kernels/csr_cpu.cpp, spmm_avx512): for each row of a 256-row block, load its 8
 // partial sums (128 tokens) from L2, then per nonzero {column offset, weight} broadcast the weight and

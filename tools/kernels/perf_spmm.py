@@ -1,7 +1,7 @@
 """
 One thread calling the CPU kernel for 8 s, to profile from outside. Run from the repository root:
 
-    perf record -F 2000 -g -o /tmp/perf.data python results/kernels/perf_spmm.py 0.9 3072 768
+    perf record -F 2000 -g -o /tmp/perf.data python -m tools.kernels.perf_spmm 0.9 3072 768
     perf report -i /tmp/perf.data --no-children --sort symbol --stdio -g none
     perf annotate -i /tmp/perf.data --stdio -s '<the spmm_avx512 lambda from the report>'
 """
@@ -10,7 +10,6 @@ import time
 
 import torch
 
-sys.path.insert(0, ".")
 from sparse_kernels import csr_matmul, to_csr  # noqa: E402
 
 torch.set_num_threads(1)

@@ -2,18 +2,16 @@
 Dense x @ W.T against the CSR kernel at 1 and 2 threads, alternating (1, 2, 1, 2), best of 7 each,
 2048 tokens, GPT-2 Small's c_fc and c_proj shapes and GPT-3 XL's c_fc. Run from the repository root:
 
-    python results/kernels/thread_scaling.py
+    python -m tools.kernels.thread_scaling
 
 It shows how each scales from one thread to two on the machine at hand (dense GEMM is bound by the
 FMA units, the sparse kernel by loads and memory traffic, so they need not scale alike).
 """
-import sys
 
 import torch
 
-sys.path.insert(0, ".")
 from sparse_kernels import csr_matmul, to_csr  # noqa: E402
-from sparse_kernels.bench import best_ms  # noqa: E402
+from tools.kernel_bench import best_ms  # noqa: E402
 
 g = torch.Generator().manual_seed(0)
 x = {k: torch.randn(2048, k, generator=g) for k in (768, 3072, 2048)}

@@ -7,8 +7,8 @@ matrices, per layer and per matrix:
   O         attention output projection             (paper: W_D)
   FC1, FC2  MLP input and output projections        (paper: W_I, W_O)
 
-  python subspace.py out/ckpt.pt out-ft/ckpt.pt --png subspace.png [--json subspace.json]
-  python subspace.py --pretrained=out/ckpt.pt --finetuned=out-ft/ckpt.pt --png=subspace.png
+  python -m related.subspace out/ckpt.pt out-ft/ckpt.pt --png subspace.png [--json subspace.json]
+  python -m related.subspace --pretrained=out/ckpt.pt --finetuned=out-ft/ckpt.pt --png=subspace.png
 
 Both checkpoints need the 'model' and 'model_config' keys (pretrain.py and finetune.py write
 them) and the same architecture; extra parameters (e.g. a soft prompt) are ignored. A sparse
@@ -19,7 +19,8 @@ import json
 
 import torch
 
-from common import check, check_output_file, load_checkpoint, parse_config, run_cli
+from checkpoint import load_checkpoint, pretrain_sparsity
+from common import check, check_output_file, parse_config, run_cli
 from sparsity import SPARSE_MATRICES
 
 MATRICES = dict(zip(("Q", "K", "V", "O", "FC1", "FC2"), SPARSE_MATRICES))  # label -> module in a block
@@ -91,13 +92,13 @@ DEFAULTS = dict(pretrained="", finetuned="",  # the two checkpoints, also as the
 def main(argv):
     cfg, _ = parse_config(DEFAULTS, argv, positional=("pretrained", "finetuned"))
     check(cfg["pretrained"] and cfg["finetuned"],
-          "usage: python subspace.py PRETRAINED_CKPT FINETUNED_CKPT [--png PATH] [--json PATH]")
+          "usage: python -m related.subspace PRETRAINED_CKPT FINETUNED_CKPT [--png PATH] [--json PATH]")
     for flag in ("png", "json"):  # checked before any work
         if cfg[flag]:
             check_output_file(cfg[flag], f"--{flag}")
     pre, ft = load_checkpoint(cfg["pretrained"]), load_checkpoint(cfg["finetuned"])
     dist = distances(pre, ft)
-    sparsity = pre.get("config", {}).get("sparsity", 0.0)
+    sparsity = pretrain_sparsity(pre)
     print(f"cosine distance, {cfg['pretrained']} (sparsity {sparsity:g}) -> {cfg['finetuned']}")
     print("\n".join(table(dist)))
     if cfg["json"]:

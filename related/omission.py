@@ -22,7 +22,7 @@ metric, selection rule and schedule are not public. Our choices, each a guess:
 Install with `Omitter(model)` (it patches the forwards of the blocks' attn and mlp modules; the
 weights and state_dict are untouched) and call `set_rate(r)` before each step (pretrain.py:
 `step(iter_num, cfg)`, which follows --omit_rate and --omit_schedule).
-`python omission.py --bench` measures a training step's time and FLOPs against dense.
+`python -m related.omission --bench` measures a training step's time and FLOPs against dense.
 """
 import math
 import time
@@ -189,9 +189,10 @@ def train_step_flops(model, x, y, blocks_only=False):
 
 def main(argv):
     from dataclasses import replace
+
     from model import GPT, PRESETS
     cfg, _ = parse_config(BENCH, argv)
-    check(cfg["bench"], "usage: python omission.py --bench [--model=mini --batch_size=4 --block_size=256 "
+    check(cfg["bench"], "usage: python -m related.omission --bench [--model=mini --batch_size=4 --block_size=256 "
           "--rates=0.25,0.5,0.75 --iters=6 --threads=0 --parts=model,blocks]")
     if cfg["threads"]:
         torch.set_num_threads(cfg["threads"])

@@ -2,7 +2,7 @@
 The tables and plots of reproduce.py's grid, from the cells that finished: summary.json (every number,
 as data), table.md (the paper's Table 1 layout plus the control row, fine-tuning validation loss and
 the benefit retained, mean ± sample sd over seeds, paired differences per seed), pretrain_loss.png and
-finetune_vs_sparsity.png. reproduce.py calls write_all(); `python reproduce.py --run=False` rewrites
+finetune_vs_sparsity.png. reproduce.py calls write_all(); `python -m experiments.reproduce --run=False` rewrites
 them without training.
 """
 import json

@@ -2,16 +2,15 @@
 One thread of dense x @ W.T and of the CSR kernel, best of 9, twice; run it alone, then as two
 processes at once, to see whether two busy cores slow each other down (shared cache, memory):
 
-    python results/kernels/two_processes.py 3072 768 0.75 solo
-    python results/kernels/two_processes.py 3072 768 0.75 A & python results/kernels/two_processes.py 3072 768 0.75 B; wait
+    python -m tools.kernels.two_processes 3072 768 0.75 solo
+    python -m tools.kernels.two_processes 3072 768 0.75 A & python -m tools.kernels.two_processes 3072 768 0.75 B; wait
 """
 import sys
 
 import torch
 
-sys.path.insert(0, ".")  # run from the repository root
 from sparse_kernels import csr_matmul, to_csr  # noqa: E402
-from sparse_kernels.bench import best_ms  # noqa: E402
+from tools.kernel_bench import best_ms  # noqa: E402
 
 torch.set_num_threads(1)
 g = torch.Generator().manual_seed(0)

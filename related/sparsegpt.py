@@ -29,24 +29,25 @@ All the math is float32, whatever the model's dtype.
 
 As a pipeline step (the Sparse Llama recipe: prune a dense model, then continue sparse pre-training):
 
-  python sparsegpt.py --ckpt=out/ckpt.pt --sparsity=0.5 --out=pruned.pt [--prune_n=2 --prune_m=4]
+  python -m related.sparsegpt --ckpt=out/ckpt.pt --sparsity=0.5 --out=pruned.pt [--prune_n=2 --prune_m=4]
   python pretrain.py --init_from=pruned.pt --out_dir=out-sparse   # sparse pre-training with its masks
-  python sparsegpt.py --ckpt=out/ckpt.pt --sparsity=0.5   # one-shot val loss: dense vs magnitude vs SparseGPT
+  python -m related.sparsegpt --ckpt=out/ckpt.pt --sparsity=0.5   # one-shot val loss: dense vs magnitude vs SparseGPT
 
---out writes an ordinary checkpoint (common.load_model): the pruned weights, their masks and a config.
+--out writes an ordinary checkpoint (checkpoint.py): the pruned weights, their masks and a config.
 --ckpt may also be a Hugging Face GPT-2 (gpt2, gpt2-medium, ... or a local folder: docs/hf.md); it
 names no pre-training data, so pass --dataset (and --data_dir) for the calibration and validation windows.
 """
 import copy
 import math
 import os
-from dataclasses import asdict
 
 import torch
 
 import sparsity as sp
-from common import check, check_output_file, load_model, parse_config, pick_device, run_cli, save_checkpoint
+from checkpoint import checkpoint_dict, save_checkpoint
+from common import check, check_output_file, parse_config, pick_device, run_cli
 from data.prepare import ensure_prepared, load_tokens
+from hf import load_any
 
 
 @torch.no_grad()
@@ -202,7 +203,7 @@ DEFAULTS = dict(ckpt="", sparsity=0.5, prune_n=0, prune_m=0, calib_samples=128, 
 
 def main(argv):
     cfg, _ = parse_config(DEFAULTS, argv)
-    check(cfg["ckpt"], "usage: python sparsegpt.py --ckpt=PATH [--sparsity=0.5 --prune_n=2 --prune_m=4 "
+    check(cfg["ckpt"], "usage: python -m related.sparsegpt --ckpt=PATH [--sparsity=0.5 --prune_n=2 --prune_m=4 "
           "--out=pruned.pt ...]")
     check(0 < cfg["sparsity"] < 1, f"--sparsity must be in (0, 1), got {cfg['sparsity']}")
     check_pattern(cfg["sparsity"], cfg["prune_n"], cfg["prune_m"])
@@ -213,7 +214,7 @@ def main(argv):
         check(not os.path.exists(cfg["out"]), f"--out {cfg['out']} exists: choose another path (saved work "
               "is never overwritten)")
     cfg["device"] = pick_device(cfg["device"])
-    model, ckpt = load_model(cfg["ckpt"])
+    model, ckpt = load_any(cfg["ckpt"])
     saved = ckpt.get("pretrain_config") or ckpt.get("config") or {}  # a fine-tuned checkpoint: its pre-training's
     dataset = cfg["dataset"] or saved.get("dataset")
     check(dataset, f"{cfg['ckpt']} does not name its pre-training dataset: pass --dataset=NAME")
@@ -246,8 +247,7 @@ def main(argv):
     if cfg["out"]:  # an ordinary checkpoint: pretrain.py --init_from=<out> keeps its masks
         config = {**saved, "sparsity": cfg["sparsity"], "pruned_by": "sparsegpt",
                   **{k: cfg[k] for k in ("prune_n", "prune_m", "calib_samples")}, "pruned_from": str(cfg["ckpt"])}
-        save_checkpoint(dict(model={k: v.cpu() for k, v in model.state_dict().items()}, masks=masks,
-                             model_config=asdict(model.config), config=config), cfg["out"])
+        save_checkpoint(checkpoint_dict(model.state_dict(), model.config, config, masks), cfg["out"])
         print(f"wrote {cfg['out']}: the pruned weights and their masks")
     return dict(rows)
 

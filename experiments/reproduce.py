@@ -8,10 +8,10 @@ same model fine-tuned from its random initialization). Then write, under results
 (the paper's Table 1 layout plus the control row, fine-tuning validation loss and the benefit
 retained), summary.json and plots (report.py).
 
-  python reproduce.py --scale=cpu          # 2-core CPU, about 3 hours: E2E x 3 seeds, WebNLG/DART x 1
-  python reproduce.py --scale=mini         # one GPU, hours
-  python reproduce.py --scale=gpu --tasks=e2e --seeds=1 --jobs=3   # one GPU, minutes: gpu_check.py runs it
-  python reproduce.py --scale=cpu --seeds=1,2,3,4 --other_seeds=1,2
+  python -m experiments.reproduce --scale=cpu          # 2-core CPU, about 3 hours: E2E x 3 seeds, WebNLG/DART x 1
+  python -m experiments.reproduce --scale=mini         # one GPU, hours
+  python -m experiments.reproduce --scale=gpu --tasks=e2e --seeds=1 --jobs=3   # one GPU, minutes: gpu_check.py runs it
+  python -m experiments.reproduce --scale=cpu --seeds=1,2,3,4 --other_seeds=1,2
 
 Every cell writes its outputs under results/<scale>/runs/ (not committed); a cell whose outputs
 exist is skipped, so an interrupted grid resumes where it stopped. --jobs=N runs N pre-trainings, then N
@@ -21,17 +21,17 @@ import json
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 import finetune
 import pretrain
-import report
-from common import ROOT, check, check_writable_dir, parse_config, run_cli, save_checkpoint
+from checkpoint import checkpoint_dict, save_checkpoint
+from common import ROOT, check, check_writable_dir, parse_config, run_cli
+from experiments import report
+from experiments.report import NONE, cell_name
 from model import GPT, preset_config
-from report import NONE, cell_name
 
 TASKS = ("e2e", "webnlg", "dart")
 # per scale: pre-training flags, fine-tuning flags (shared by every task and pre-training)
@@ -120,9 +120,8 @@ def write_control(scale, seed, path):
     mcfg = preset_config(_flag(scale["pretrain"], "model"), int(_flag(scale["pretrain"], "block_size")))
     torch.manual_seed(seed)
     model = GPT(mcfg)
-    save_checkpoint(dict(model=model.state_dict(), masks={}, model_config=asdict(mcfg), iter_num=0,
-                         config=dict(sparsity=0.0, seed=seed, init="random, no pre-training"),
-                         pretrain_sparsity=0.0), path / "ckpt.pt")
+    config = dict(sparsity=0.0, seed=seed, init="random, no pre-training")
+    save_checkpoint(checkpoint_dict(model.state_dict(), mcfg, config, iter_num=0, pretrain_sparsity=0.0), path / "ckpt.pt")
 
 
 def run_grid(cfg, root):

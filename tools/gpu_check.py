@@ -3,9 +3,9 @@ The whole GPU check as one command, sized for one sitting on one H100/H200 (a ti
 whole command, 550 s by default, that no step may overrun), writing JSON, logs and a README.md table
 under --out:
 
-    python gpu_check.py --pack=True                      # here, on the CPU machine: fills .gpu/
-    python gpu_check.py                                  # on the GPU machine: writes results/gpu/
-    python gpu_check.py --dry_run=True --out=/tmp/gpu    # the same steps at toy size on the CPU
+    python -m tools.gpu_check --pack=True                      # here, on the CPU machine: fills .gpu/
+    python -m tools.gpu_check                                  # on the GPU machine: writes results/gpu/
+    python -m tools.gpu_check --dry_run=True --out=/tmp/gpu    # the same steps at toy size on the CPU
 
 Steps (each a subprocess; a failure is recorded and the next step still runs):
   kernel_tests   tests/test_triton.py and the GPU test of tests/test_kernels.py: on CUDA, the compiled Triton
@@ -17,7 +17,7 @@ Steps (each a subprocess; a failure is recorded and the next step still runs):
   fsdp           torchrun --standalone --nproc_per_node=1 pretrain.py --fsdp=True (NCCL on CUDA)
   bench_small    bench.py gpt2-small B16 x T1024, compile on, dense and 75 % interleaved
   bench_xl       bench.py gpt3-xl B8 x T2048, the same
-  kernels        python -m sparse_kernels.bench at 8192 tokens: ours vs cuSPARSE vs dense fp32/bf16
+  kernels        python -m tools.kernel_bench at 8192 tokens: ours vs cuSPARSE vs dense fp32/bf16
   reproduce      reproduce.py --scale=gpu --seeds=1 --tasks=e2e: control, dense, 50 % and 75 % pre-training,
                  each fine-tuned densely on E2E, plus sparse fine-tuning at 75 %. It runs last, in what is
                  left of the budget; its cells live in /tmp/spdf_reproduce and resume, so a second command
@@ -50,7 +50,9 @@ from pathlib import Path
 
 import torch
 
-from common import UsageError, check, get_tokenizer, load_checkpoint, parse_config, run_cli
+from checkpoint import load_checkpoint, pretrain_sparsity
+from common import UsageError, check, parse_config, run_cli
+from data.sources import get_tokenizer
 
 DEFAULTS = dict(
     out="results/gpu",   # JSON, logs and README.md go here
@@ -103,10 +105,10 @@ def steps(out, work, repro, dry):
         ("bench_small", [py, "bench.py", *small, "--hf_peer=True", f"--json={os.path.join(out, 'bench_small.json')}"], 90),
         ("finetune", [py, "finetune.py", "--task=e2e", f"--init_from={pre}", *ft,
                       f"--out_dir={os.path.join(work, 'finetune')}"], 60),
-        ("kernels", [py, "-m", "sparse_kernels.bench", *kern, f"--json={os.path.join(out, 'kernels.json')}"], 60),
+        ("kernels", [py, "-m", "tools.kernel_bench", *kern, f"--json={os.path.join(out, 'kernels.json')}"], 60),
         # 150 s produced no step on the first H200 (two 1.3B models built and compiled): last before the grid
         ("bench_xl", xl and [py, "bench.py", *xl, "--hf_peer=True", f"--json={os.path.join(out, 'bench_xl.json')}"], 240),
-        ("reproduce", [py, "reproduce.py", f"--scale={'smoke' if dry else 'gpu'}", "--seeds=1", "--tasks=e2e",
+        ("reproduce", [py, "-m", "experiments.reproduce", f"--scale={'smoke' if dry else 'gpu'}", "--seeds=1", "--tasks=e2e",
                        f"--jobs={2 if dry else 3}", f"--results={repro}"], 400),
     ]
     return [(name, cmd, limit * (DRY_SLOWER if dry else 1)) for name, cmd, limit in run if cmd]
@@ -115,7 +117,7 @@ def steps(out, work, repro, dry):
 def masks_exact(out_dir):
     """'' if every saved mask zeroes exactly round(s * numel) entries and the weights are 0 there."""
     ckpt = load_checkpoint(os.path.join(out_dir, "ckpt.pt"))
-    s, problems = ckpt["config"]["sparsity"], []
+    s, problems = pretrain_sparsity(ckpt), []
     if not ckpt["masks"]:
         return "no masks saved"
     for name, mask in ckpt["masks"].items():
@@ -199,8 +201,8 @@ def pack(dest=PACK, datasets=PACK_DATASETS):
     the tokenizer's cache files. Returns the command to run there and dest's size."""
     import numpy as np
 
-    from common import get_tokenizer
     from data.prepare import ensure_prepared, load_tokens
+    from data.sources import get_tokenizer
     from data.tasks import SOURCES, source_file
     for name, limit in datasets:
         ensure_prepared(name)
@@ -228,7 +230,7 @@ def pack(dest=PACK, datasets=PACK_DATASETS):
         shutil.copyfile(f, dest / "tiktoken" / f.name)
     size = sum(f.stat().st_size for f in dest.rglob("*") if f.is_file())
     check(size < 56 * 2**20, f"{dest} holds {size / 2**20:.0f} MiB; with the code it must stay under the 64 MiB carried")
-    return "python3 gpu_check.py --out=/tmp/gpu; tar czf ${OUT:-.}/gpu.tgz -C /tmp gpu", size
+    return "python3 -m tools.gpu_check --out=/tmp/gpu; tar czf ${OUT:-.}/gpu.tgz -C /tmp gpu", size
 
 
 def unpack(src=PACK, data_dir=None):
@@ -261,7 +263,7 @@ def write_summary(out, records, device, started, argv):
             versions[dist] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
             versions[dist] = None
-    summary = dict(date=started, device=device, torch=torch.__version__, **versions, command="python gpu_check.py " + " ".join(argv),
+    summary = dict(date=started, device=device, torch=torch.__version__, **versions, command="python -m tools.gpu_check " + " ".join(argv),
                    steps=records)
     with open(os.path.join(out, "gpu_check.json"), "w") as f:
         json.dump(summary, f, indent=1)

@@ -2,17 +2,16 @@
 The AVX-512 kernel's fixed cost: spmm's time as sparsity goes to 99.99 %, where nothing is left to
 multiply, next to dense x @ W.T (one thread, 2048 tokens). Run from the repository root:
 
-    python results/kernels/fixed_cost.py [out in threads]     # default 3072 768 1
+    python -m tools.kernels.fixed_cost [out in threads]     # default 3072 768 1
 """
 import functools
 import sys
 
 import torch
 
-sys.path.insert(0, ".")
 from sparse_kernels import to_csr  # noqa: E402
-from sparse_kernels.bench import best_ms  # noqa: E402
 from sparse_kernels.cpu import extension  # noqa: E402
+from tools.kernel_bench import best_ms  # noqa: E402
 
 out_f, in_f, threads = (int(a) for a in (sys.argv[1:4] if len(sys.argv) > 3 else (3072, 768, 1)))
 torch.set_num_threads(threads)

@@ -1,0 +1,1 @@
+"""The controlled grid that answers the paper's question (`python -m experiments.reproduce`) and its tables and plots."""

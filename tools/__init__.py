@@ -1,0 +1,1 @@
+"""Tools around the method: the one-command GPU check, the kernel benchmark and profiler, exploratory timing."""

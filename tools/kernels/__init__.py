@@ -1,0 +1,1 @@
+"""Exploratory timing scripts of the CPU kernel; their outputs live in results/kernels/."""
