@@ -12,7 +12,11 @@ Speedups are time ratios from the same run, of the best times ("vs dense") and o
 ("median"); "ideal" is 1 / (1 - s), the FLOP ratio. The header names the CPU model and vector ISA
 and the load average at the start (other processes on the machine make every time longer).
 Then greedy generation: the masked dense GPT against the same GPT converted to SparseLinear,
-tokens per second on the CPU, and whether both produced the same tokens.
+tokens per second on the CPU, and whether both produced the same tokens; --profile_tokens=N also says
+where a decode step's time goes (torch.profiler): the six block matrices together, the LM head (dense
+in both: the paper sparsifies the blocks only), attention and the rest.
+
+    python -m tools.kernel_bench --gen_only --gen_sparsity=0.75,0.9 --gen_tokens=24 --profile_tokens=6
 On CUDA (when present) the table adds dense bf16 and ours with bf16 inputs.
 """
 import copy
@@ -27,7 +31,7 @@ from types import SimpleNamespace
 import torch
 
 from common import UsageError, check, check_output_file, parse_config, run_cli
-from sparse_kernels import csr_matmul, to_csr, to_sparse_model
+from sparse_kernels import SparseLinear, csr_matmul, to_csr, to_sparse_model
 
 # (model, layer, out_features, in_features): the MLP matrices, the largest of each model
 SHAPES = [("gpt2-small", "c_fc", 3072, 768), ("gpt2-small", "c_proj", 768, 3072),
@@ -102,29 +106,76 @@ def bench_layer(device, m, k, sparsity, tokens, repeats, gen, samples=None):
     return times, err
 
 
-def bench_generation(preset, sparsity, prompt_len, new_tokens, repeats=2, seed=0):
-    """Tokens/s of greedy generation: masked dense GPT vs the same GPT with SparseLinear."""
+def _step_breakdown(model, prompt, new_tokens):
+    """Milliseconds per decode step by category, from torch.profiler module-level records."""
+    from torch.profiler import ProfilerActivity, profile, record_function
+    lm_head = model.lm_head
+    hooks, names = [], {}
+    for name, mod in model.named_modules():
+        if isinstance(mod, (SparseLinear, torch.nn.Linear)):
+            kind = "lm_head" if mod is lm_head else "block matrices"
+            names[mod] = kind
+
+            def pre(m, inp, _kind=kind):
+                m._rf = record_function("cat::" + _kind)
+                m._rf.__enter__()
+
+            def post(m, inp, out):
+                m._rf.__exit__(None, None, None)
+            hooks += [mod.register_forward_pre_hook(pre), mod.register_forward_hook(post)]
+    try:
+        with torch.no_grad():
+            caches = model.new_kv_caches()
+            logits, _ = model(prompt, kv_caches=caches)  # the prompt: not profiled
+            idx = prompt
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                for _ in range(new_tokens):
+                    nxt = logits[:, -1, :].argmax(-1, keepdim=True)
+                    idx = torch.cat((idx, nxt), 1)
+                    with record_function("cat::step"):
+                        logits, _ = model(nxt, kv_caches=caches, pos_offset=idx.size(1) - 1)
+    finally:
+        for h in hooks:
+            h.remove()
+    total = {e.key[5:]: e.cpu_time_total / 1e3 / new_tokens for e in prof.key_averages() if e.key.startswith("cat::")}
+    step = total.pop("step")
+    out = {k: total.get(k, 0.0) for k in ("block matrices", "lm_head")}
+    out["rest (attention, layer norms, embedding, Python)"] = step - sum(out.values())
+    out["step"] = step
+    return out
+
+
+def bench_generation(preset, sparsity, prompt_len, new_tokens, repeats=2, profile_tokens=0, seed=0):
+    """Tokens/s of greedy generation, masked dense GPT vs the same GPT with SparseLinear, timed
+    interleaved (best and median of `repeats`); with profile_tokens, where a decode step's time goes."""
     from model import GPT, PRESETS
     from sparsity import apply_masks, make_masks
     torch.manual_seed(seed)
     model = GPT(PRESETS[preset]).eval()
     masks = make_masks(model, sparsity, "random", seed)
     apply_masks(model, masks)
-    prompt = torch.randint(0, model.config.vocab_size, (1, prompt_len), generator=torch.Generator().manual_seed(seed))
-
     sparse = to_sparse_model(copy.deepcopy(model), masks)
-    outs, secs = {}, {"dense": float("inf"), "sparse": float("inf")}
+    prompt = torch.randint(0, model.config.vocab_size, (1, prompt_len), generator=torch.Generator().manual_seed(seed))
     for m in (model, sparse):
         m.generate(prompt, 2, temperature=0)  # warm-up (and the C++ build, if not cached)
-    for _ in range(repeats):  # interleaved, best of: generation is sensitive to machine load
+    secs, outs = {"dense": [], "sparse": []}, {}
+    for _ in range(repeats):  # interleaved: generation is sensitive to machine load
         for name, m in (("dense", model), ("sparse", sparse)):
             t = time.perf_counter()
             outs[name] = m.generate(prompt, new_tokens, temperature=0)
-            secs[name] = min(secs[name], time.perf_counter() - t)
-    dense_out, sparse_out, dense_s, sparse_s = outs["dense"], outs["sparse"], secs["dense"], secs["sparse"]
-    return dict(model=preset, sparsity=sparsity, prompt_len=prompt_len, new_tokens=new_tokens,
-                dense_tok_s=new_tokens / dense_s, sparse_tok_s=new_tokens / sparse_s,
-                repeats=repeats, speedup=dense_s / sparse_s, same_tokens=bool(torch.equal(dense_out, sparse_out)))
+            secs[name].append(time.perf_counter() - t)
+    best = {k: min(v) for k, v in secs.items()}
+    med = {k: sorted(v)[len(v) // 2] for k, v in secs.items()}
+    result = dict(model=preset, sparsity=sparsity, prompt_len=prompt_len, new_tokens=new_tokens, repeats=repeats,
+                  dense_tok_s=new_tokens / best["dense"], sparse_tok_s=new_tokens / best["sparse"],
+                  speedup=best["dense"] / best["sparse"], speedup_median=med["dense"] / med["sparse"],
+                  same_tokens=bool(torch.equal(outs["dense"], outs["sparse"])),
+                  lm_head_weights=model.lm_head.weight.numel(),
+                  block_weights_kept=sum(int(v.sum()) for v in masks.values()))
+    if profile_tokens:
+        result["ms_per_step"] = {"dense": _step_breakdown(model, prompt, profile_tokens),
+                                 "sparse": _step_breakdown(sparse, prompt, profile_tokens)}
+    return result
 
 
 def _fmt(t):
@@ -156,7 +207,10 @@ DEFAULTS = dict(
     devices="",             # comma-separated; "" = cpu, plus cuda when present
     gen_model="gpt2-small",  # GPT preset for the generation benchmark
     gen_tokens=32,
+    gen_sparsity="0.75",    # comma-separated sparsities of the generation benchmark
+    profile_tokens=0,       # >0: profile this many decode steps of each model
     no_gen=False,           # skip the generation benchmark
+    gen_only=False,         # only the generation benchmark
 )
 
 
@@ -181,18 +235,25 @@ def main(argv):
     check(all(d in ("cpu", "cuda") for d in devices), f"--devices must be cpu and/or cuda, got {' '.join(devices)}")
     from model import PRESETS
     check(args.no_gen or args.gen_model in PRESETS, f"unknown --gen_model {args.gen_model!r} (choose from {', '.join(PRESETS)})")
-    check(args.gen_tokens >= 1, "--gen_tokens must be positive")
+    check(args.gen_tokens >= 1 and args.profile_tokens >= 0, "--gen_tokens must be positive, --profile_tokens non-negative")
+    try:
+        gen_sparsities = [float(v) for v in str(cfg["gen_sparsity"]).split(",")]
+    except ValueError:
+        gen_sparsities = []
+    check(gen_sparsities and all(0 < s < 1 for s in gen_sparsities), "--gen_sparsity must be numbers in (0, 1)")
+    check(not (args.gen_only and args.no_gen), "--gen_only and --no_gen leave nothing to run")
     if "json" in overrides:  # an explicit --json= is an error, not "no file"
         check_output_file(args.json)
     torch.set_num_threads(args.threads)
 
     started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    print(f"# sparse_kernels.bench {started}; torch {torch.__version__}; CPU threads {args.threads}; "
+    print(f"# tools.kernel_bench {started}; torch {torch.__version__}; CPU threads {args.threads}; "
           f"{cpu_model()}; load average {os.getloadavg()[0]:.1f}"
           + (f"; GPU {torch.cuda.get_device_name()}" if "cuda" in devices else ""))
     rows, gen = [], torch.Generator().manual_seed(0)
-    print(table_header("cuda" in devices))
-    for device in devices:
+    if not args.gen_only:
+        print(table_header("cuda" in devices))
+    for device in ([] if args.gen_only else devices):
         for model, layer, m, k in shapes:
             for s in args.sparsity:
                 samples = {}
@@ -209,11 +270,16 @@ def main(argv):
                   torch=torch.__version__, threads=args.threads, platform=platform.platform(),
                   cuda=torch.cuda.get_device_name() if "cuda" in devices else None, layers=rows)
     if not args.no_gen:
-        g = bench_generation(args.gen_model, 0.75, 16, args.gen_tokens, args.repeats)
-        print(f"\ngreedy generation, {g['model']} at s=0.75, CPU, batch 1, {g['prompt_len']}-token prompt, "
-              f"{g['new_tokens']} new tokens, best of {g['repeats']}: dense {g['dense_tok_s']:.1f} tok/s, sparse "
-              f"{g['sparse_tok_s']:.1f} tok/s, speedup {g['speedup']:.2f}x, same tokens: {g['same_tokens']}")
-        result["generation"] = g
+        result["generation"] = []
+        for s in gen_sparsities:
+            g = bench_generation(args.gen_model, s, 16, args.gen_tokens, args.repeats, args.profile_tokens)
+            print(f"\ngreedy generation, {g['model']} at s={s:g}, CPU, batch 1, {g['prompt_len']}-token prompt, "
+                  f"{g['new_tokens']} new tokens: dense {g['dense_tok_s']:.1f} tok/s, sparse {g['sparse_tok_s']:.1f} "
+                  f"tok/s, speedup {g['speedup']:.2f}x best / {g['speedup_median']:.2f}x median of {g['repeats']}, "
+                  f"same tokens: {g['same_tokens']}")
+            for name, b in g.get("ms_per_step", {}).items():
+                print(f"  {name:6s} ms per decode step: " + ", ".join(f"{k} {v:.1f}" for k, v in b.items()))
+            result["generation"].append(g)
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:
