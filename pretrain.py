@@ -27,7 +27,8 @@ from tqdm import tqdm
 
 import parallel
 import sparsity as sp
-from checkpoint import check_pretrain_checkpoint, checkpoint_dict, load_model, pretrain_sparsity, save_checkpoint
+from checkpoint import (build_model, check_pretrain_checkpoint, checkpoint_dict, load_checkpoint, pretrain_sparsity,
+                        save_checkpoint)
 from common import (autocast, check, check_finite, check_scratch_out_dir, check_writable_dir, parse_config, peak_flops,
                     pick_device, prepare_run_dir, run_cli)
 from data.prepare import DATASETS, ensure_prepared, load_tokens
@@ -183,28 +184,78 @@ def estimate_loss(model, splits, cfg, block_size, device):
     return out
 
 
-def main(argv):
+def resolve_config(argv):
+    """(cfg, overrides, ckpt, finished): the command line over DEFAULTS, or on --init_from=resume over the
+    run's own checkpoint (returned too; None for a new run), whose LR schedule an extended run keeps."""
     cfg, overrides = parse_config(DEFAULTS, argv)
     validate(cfg)
     check_writable_dir(cfg["out_dir"])
-    ckpt = None
     if cfg["init_from"] != "resume":
         check_scratch_out_dir(cfg["out_dir"])  # a new run never writes over another run's checkpoint
-    else:  # the run's own checkpoint: config, weights, masks, optimizer, RNGs
-        path = os.path.join(cfg["out_dir"], "ckpt.pt")
-        model, ckpt = load_model(path)
-        check_pretrain_checkpoint(ckpt, path)
-        for key in ("model", "sparsity", "block_size", "mask_method"):  # fixed for the run's life
-            check(key not in overrides or overrides[key] == ckpt["config"][key],
-                  f"--{key} cannot change on resume (checkpoint has {ckpt['config'][key]!r})")
-        cfg = {**DEFAULTS, **ckpt["config"], **overrides}
-        changes, note, finished = resume_schedule(ckpt["config"], overrides, ckpt["iter_num"])
-        cfg.update(changes)  # an extended run keeps its LR schedule
-        validate(cfg)
-        if note and os.environ.get("RANK", "0") == "0":
-            print(note)
-        if finished:
-            return cfg
+        return cfg, overrides, None, False
+    path = os.path.join(cfg["out_dir"], "ckpt.pt")  # config, weights, masks, optimizer, RNGs
+    ckpt = load_checkpoint(path)
+    check_pretrain_checkpoint(ckpt, path)
+    for key in ("model", "sparsity", "block_size", "mask_method"):  # fixed for the run's life
+        check(key not in overrides or overrides[key] == ckpt["config"][key],
+              f"--{key} cannot change on resume (checkpoint has {ckpt['config'][key]!r})")
+    cfg = {**DEFAULTS, **ckpt["config"], **overrides}
+    changes, note, finished = resume_schedule(ckpt["config"], overrides, ckpt["iter_num"])
+    cfg.update(changes)
+    validate(cfg)
+    if note and os.environ.get("RANK", "0") == "0":
+        print(note)
+    return cfg, overrides, ckpt, finished
+
+
+def init_model(cfg, overrides, ckpt):
+    """(model, masks, config changes): resumed from the run's checkpoint, from another checkpoint's weights
+    (and its masks, if any: then the run takes their sparsity), or new. Masks are {} unless a source had them."""
+    if ckpt is not None:
+        return build_model(ckpt, "the run's checkpoint"), ckpt["masks"], {}
+    if cfg["init_from"] == "scratch":
+        return GPT(model_config(cfg)), {}, {}
+    model, source = load_any(cfg["init_from"], dropout=cfg["dropout"],  # a checkpoint, or a Hugging Face GPT-2
+                             **({"block_size": cfg["block_size"]} if cfg["block_size"] else {}))
+    check(source.get("config", {}).get("hf_source") or model.config == model_config(cfg),  # GPT-2 brings its own
+          f"{cfg['init_from']} holds a different architecture than --model={cfg['model']}")
+    masks = source.get("masks") or {}
+    if not masks:
+        return model, {}, {}
+    s = pretrain_sparsity(source)  # e.g. related/sparsegpt.py's pruned checkpoint: pre-training continues with its masks
+    check("sparsity" not in overrides or overrides["sparsity"] == s,
+          f"{cfg['init_from']} holds masks at sparsity {s:g}: leave out --sparsity")
+    return model, masks, dict(sparsity=s, masks_from=cfg["init_from"])
+
+
+def load_splits(cfg, block_size, master):
+    """The train and val token files, prepared by rank 0 on first use."""
+    data_dir = cfg["data_dir"] or None
+    if master:
+        ensure_prepared(cfg["dataset"], data_dir)
+    parallel.barrier()
+    splits = {s: load_tokens(cfg["dataset"], s, data_dir) for s in ("train", "val")}
+    for s, toks in splits.items():
+        check(len(toks) > block_size + 1, f"{cfg['dataset']} {s} split has {len(toks)} tokens, "
+              f"fewer than block_size {block_size}")
+    return splits
+
+
+def restore_progress(ckpt, rank, device, data_gen):
+    """(iter_num, tokens_seen, flops_spent, best_val_loss), and the RNG states, of a resumed run."""
+    if ckpt is None:
+        return 0, 0, 0.0, float("inf")
+    torch.set_rng_state(ckpt["rng"]["torch"])
+    data_gen.set_state(ckpt["rng"]["data"][rank] if rank < len(ckpt["rng"]["data"]) else data_gen.get_state())
+    if device.startswith("cuda") and ckpt["rng"].get("cuda") is not None:
+        torch.cuda.set_rng_state(ckpt["rng"]["cuda"])
+    return ckpt["iter_num"], ckpt["tokens_seen"], ckpt["flops_spent"], ckpt.get("best_val_loss", float("inf"))
+
+
+def main(argv):
+    cfg, overrides, ckpt, finished = resolve_config(argv)
+    if finished:
+        return cfg
 
     rank, world, device = parallel.setup(pick_device(cfg["device"]), cfg["fsdp"])
     master = rank == 0
@@ -217,22 +268,8 @@ def main(argv):
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
 
-    # model and masks: resumed, from another checkpoint's weights (and its masks, if any), or new
-    if ckpt is not None:
-        masks = ckpt["masks"]
-    elif cfg["init_from"] != "scratch":  # a checkpoint, or a Hugging Face GPT-2 (hf.load_any)
-        model, source = load_any(cfg["init_from"], dropout=cfg["dropout"],
-                                   **({"block_size": cfg["block_size"]} if cfg["block_size"] else {}))
-        check(source.get("config", {}).get("hf_source") or model.config == model_config(cfg),  # GPT-2 brings its own
-              f"{cfg['init_from']} holds a different architecture than --model={cfg['model']}")
-        masks = source.get("masks") or {}
-        if masks:  # e.g. sparsegpt.py's pruned checkpoint: pre-training continues with its masks
-            s = pretrain_sparsity(source)
-            check("sparsity" not in overrides or overrides["sparsity"] == s,
-                  f"{cfg['init_from']} holds masks at sparsity {s:g}: leave out --sparsity")
-            cfg.update(sparsity=s, masks_from=cfg["init_from"])
-    else:
-        model, masks = GPT(model_config(cfg)), {}
+    model, masks, source_changes = init_model(cfg, overrides, ckpt)
+    cfg.update(source_changes)
     if not masks and cfg["sparsity"] > 0:
         masks = sp.make_masks(model, cfg["sparsity"], cfg["mask_method"], cfg["seed"])  # SPDF: fixed for the run
     mcfg, block_size = model.config, model.config.block_size
@@ -251,14 +288,7 @@ def main(argv):
     sp.mask_optimizer_state(optimizer, raw_model, step_masks)  # SPDF: no stale moment revives a pruned weight
 
     # data: random windows, drawn from a generator whose state is saved for exact resume
-    data_dir = cfg["data_dir"] or None
-    if master:
-        ensure_prepared(cfg["dataset"], data_dir)
-    parallel.barrier()
-    splits = {s: load_tokens(cfg["dataset"], s, data_dir) for s in ("train", "val")}
-    for s, toks in splits.items():
-        check(len(toks) > block_size + 1, f"{cfg['dataset']} {s} split has {len(toks)} tokens, "
-              f"fewer than block_size {block_size}")
+    splits = load_splits(cfg, block_size, master)
     data_gen = torch.Generator().manual_seed(cfg["seed"] + rank)
 
     # bookkeeping: SPDF's FLOPs accounting for the loss-vs-FLOPs curves, dense FLOPs for MFU
@@ -267,14 +297,7 @@ def main(argv):
     spdf_flops_per_iter = train_flops(mcfg, block_size, cfg["sparsity"], mcfg.vocab_size) * seqs_per_iter
     dense_flops_per_iter = 3 * forward_flops(mcfg, block_size, 0.0, mcfg.vocab_size) * seqs_per_iter
     peak = peak_flops(device)
-    iter_num, tokens_seen, flops_spent, best_val = 0, 0, 0.0, float("inf")
-    if ckpt is not None:
-        iter_num, tokens_seen, flops_spent = ckpt["iter_num"], ckpt["tokens_seen"], ckpt["flops_spent"]
-        best_val = ckpt.get("best_val_loss", best_val)
-        torch.set_rng_state(ckpt["rng"]["torch"])
-        data_gen.set_state(ckpt["rng"]["data"][rank] if rank < len(ckpt["rng"]["data"]) else data_gen.get_state())
-        if device.startswith("cuda") and ckpt["rng"].get("cuda") is not None:
-            torch.cuda.set_rng_state(ckpt["rng"]["cuda"])
+    iter_num, tokens_seen, flops_spent, best_val = restore_progress(ckpt, rank, device, data_gen)
     decay_iters = cfg["lr_decay_iters"] or cfg["max_iters"]
     dense_from = densify_iter(cfg["densify_at"], cfg["max_iters"])  # Variable SPDF's switch, or None
     if master:
