@@ -180,8 +180,24 @@ def init_model(cfg, device):
     return model.to(device), sp.masks_to(masks, device), pretrain_sparsity, mcfg, ckpt
 
 
-def finetune(cfg, model, masks, mcfg, train, val, device, pretrain_sparsity, prompt=None):
+def load_examples(cfg, enc, block):
+    """(train, val, note): the task's examples encoded for a context of `block` tokens; --max_examples
+    a random subset of train, --val_examples a fixed one of val (the same for every run of a grid)."""
+    train_groups, note = load_groups(cfg["task"], "train", cfg["data"], cfg["seed"])
+    val_groups, _ = load_groups(cfg["task"], "val", cfg["data"], cfg["seed"])
+    train, val = flatten(train_groups), flatten(val_groups)
+    if cfg["max_examples"]:
+        train = random.Random(cfg["seed"]).sample(train, min(cfg["max_examples"], len(train)))
+    if cfg["val_examples"]:
+        val = random.Random(0).sample(val, min(cfg["val_examples"], len(val)))
+    check(train and val, f"{cfg['task']}: empty train or validation split")
+    encode = lambda examples: [encode_example(enc, e["context"], e["completion"], block) for e in examples]
+    return encode(train), encode(val), note
+
+
+def finetune(cfg, model, masks, train, val, device, pretrain_sparsity, prompt=None):
     """Train with early stopping on validation loss; returns (best state, best prompt, log dict)."""
+    mcfg = model.config
     if cfg["freeze_model"]:
         model.requires_grad_(False)  # prompt tuning: only the soft prompt learns
     groups = [dict(g, base_lr=cfg["learning_rate"]) for g in decay_groups(model, cfg["weight_decay"])]
@@ -271,24 +287,13 @@ def main(argv):
 
     run_log = dict(ckpt.get("finetune", {})) if cfg["eval_only"] else {}
     if not cfg["eval_only"]:
-        train_groups, note = load_groups(task, "train", cfg["data"], cfg["seed"])
-        val_groups, _ = load_groups(task, "val", cfg["data"], cfg["seed"])
+        train, val, note = load_examples(cfg, enc, block)
         if note:
             print(f"note: {note}")
             run_log["data_note"] = note
-        rng = random.Random(cfg["seed"])
-        train, val = flatten(train_groups), flatten(val_groups)
-        if cfg["max_examples"]:
-            train = rng.sample(train, min(cfg["max_examples"], len(train)))
-        if cfg["val_examples"]:  # a fixed seed: every run of a grid validates on the same examples
-            val = random.Random(0).sample(val, min(cfg["val_examples"], len(val)))
-        check(train and val, f"{task}: empty train or validation split")
-        train = [encode_example(enc, e["context"], e["completion"], block) for e in train]
-        val = [encode_example(enc, e["context"], e["completion"], block) for e in val]
         print(f"{len(train):,} training and {len(val):,} validation examples")
         prepare_run_dir(out_dir)
-        best_state, best_prompt, log = finetune(cfg, model, masks, mcfg, train, val, device, pretrain_sparsity,
-                                                prompt)
+        best_state, best_prompt, log = finetune(cfg, model, masks, train, val, device, pretrain_sparsity, prompt)
         model.load_state_dict(best_state)
         if prompt is not None:
             with torch.no_grad():
