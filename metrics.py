@@ -26,7 +26,12 @@ from collections import Counter
 # mteval-v13a (the E2E challenge's BLEU and NIST)
 
 
-def mteval_tokenize(text, lower=True, space=re.compile(r"\s+")):
+# Perl's \s on the decoded text mteval-v13a-sig.pl reads (binmode :utf8): Unicode White_Space. Python's
+# \s also matches the ASCII separators U+001C-U+001F, which Perl keeps inside words.
+PERL_SPACE = re.compile(r"[^\S\x1c-\x1f]+")
+
+
+def mteval_tokenize(text, lower=True, space=PERL_SPACE):
     """mteval-v13a's default `tokenization` (lower-cases ASCII A-Z only, as Perl's tr/// does);
     lower=False: multi-bleu-detok.perl's (case kept); `space`: what counts as whitespace."""
     text = text.replace("<skipped>", "").replace("-\n", "").replace("\n", " ")

@@ -17,6 +17,20 @@ def test_mteval_tokenization():
         ["3.5", "stars", ",", "1,000", "&", "(", "more", ")"]
 
 
+def test_mteval_whitespace_is_perls_not_pythons():
+    # Official: tuetschek/e2e-metrics measure_scores.run_mteval (mteval-v13a-sig.pl, Perl 5.36) on these
+    # lines gives BLEU 0.7144 (71.4447 by hand: p1..p4 = 8/9, 6/7, 4/5, 2/3, brevity exp(1 - 10/9)):
+    # Perl's \s does not match U+001C-U+001F, so "the\x1cfood" stays one word (results/metrics.md).
+    hyps, refs = ["the\x1cfood is good here", "a pub near the river"], [["the food is good here"], ["a pub near the river"]]
+    bleu, _ = metrics.mteval_bleu_nist(hyps, refs)
+    assert 100 * bleu == pytest.approx(100 * (8 / 9 * 6 / 7 * 4 / 5 * 2 / 3) ** 0.25 * math.exp(1 - 10 / 9), abs=1e-9)
+    assert round(100 * bleu, 4) == 71.4447
+    for char in "\x1c\x1d\x1e\x1f\u200b\ufeff":  # not whitespace to Perl (checked one by one as above)
+        assert len(metrics.mteval_tokenize(f"a{char}b")) == 1
+    for char in "\x0b\x85\xa0\u2009\u2028\u3000":  # whitespace to Perl: BLEU 1 in the same check
+        assert metrics.mteval_tokenize(f"a{char}b") == ["a", "b"]
+
+
 def test_bleu_by_hand():
     # p1..p4 = 5/5, 3/4, 2/3, 1/2; brevity penalty exp(1 - 6/5)
     bleu, _ = metrics.mteval_bleu_nist(["the cat sat on mat"], [["the cat sat on the mat"]])
