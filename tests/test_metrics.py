@@ -8,6 +8,7 @@ from common import mirror_file
 from data.tasks import read_e2e
 
 has_java = metrics.java_missing() is None
+has_meteor = has_java and metrics.coco_missing("meteor.meteor") is None
 
 
 def test_mteval_tokenization():
@@ -79,10 +80,10 @@ def test_e2e_bleu_nist_match_official_script():
     assert own[0] == pytest.approx(1.0) and own[1] == pytest.approx(14.1563, abs=1e-4)
 
 
-# WebNLG/DART: GenerationEval's eval.py. Golden numbers from running it (its multi-bleu-detok.perl
-# under Perl, its ter_score with pyter3 0.3 and nltk 3.5 as it pins them; Punkt sentence splitting
-# untrained, as no abbreviation in these texts needs the English model) on files written as LoRA's
-# gpt2_decode.py writes them (6 references, trailing newline; --tokenize --lower for "lora").
+# WebNLG/DART: GenerationEval's eval.py. Golden numbers from running it unmodified (eval.run(), nltk 3.5,
+# pyter3 0.3, English Punkt, Perl 5.36, METEOR 1.5 = pycocoevalcap's jar under Java 17) on files written
+# as LoRA's gpt2_decode.py --tokenize --lower writes them (6 references, trailing newline); METEOR on the
+# same files without the trailing newline, on which eval.py's METEOR fails. Commands: results/metrics.md.
 PINNED = dict(
     hyps=["Alan Bean was born in Wheeler, Texas. He was a test pilot.",
           "the the the the the the",  # degenerate
@@ -113,21 +114,44 @@ ZERO_4GRAM = dict(hyps=["Aarhus Airport serves", "Texas pilot born"],
                   refs=[["Aarhus Airport serves Aarhus."], ["Alan Bean was born in Texas."]])
 
 
-@pytest.mark.parametrize("case, lora, bleu, ter", [
-    (PINNED, True, 62.74, 0.4497748447204969),  # perl at 10 digits: 62.7413054884
-    (PINNED, False, 36.70, 0.6094444444444445),  # perl at 10 digits: 36.7007561708
-    (UPPER, True, 100.0, 1 / 3),  # lower-cased by LoRA's pipeline: perfect, but for eval.py's extra line
-    (UPPER, False, 0.0, 0.8916666666666666),  # eval.py itself is case-sensitive
-    (ZERO_4GRAM, True, 0.0, 0.7523809523809524),  # no 4-gram match: 0.00, no smoothing
+@pytest.mark.parametrize("case, bleu, ter", [
+    (PINNED, 62.7413054884, 0.4497748447204969),  # multi-bleu-detok.perl at 10 digits: 62.7413054884
+    (UPPER, 100.0, 1 / 3),  # lower-cased by LoRA's pipeline: perfect, but for eval.py's extra line
+    (ZERO_4GRAM, 0.0, 0.7523809523809524),  # no 4-gram match: 0.00, no smoothing
 ])
-def test_generationeval_matches_official(case, lora, bleu, ter):
-    nltk = pytest.importorskip("nltk")
-    out = metrics.generationeval(case["hyps"], case["refs"], lora=lora)
-    assert round(out["bleu"], 2) == bleu
-    if lora or nltk.__version__ == "3.5":  # raw text: nltk 3.10 tokenizes some quotes differently
-        assert out["ter"] == pytest.approx(ter, abs=1e-12)
-    if case is PINNED:
-        assert out["bleu"] == pytest.approx(62.7413054884 if lora else 36.7007561708, abs=1e-9)
+def test_generationeval_bleu_ter_match_official(case, bleu, ter):
+    hyps, refs = metrics.lora_files(case["hyps"], case["refs"])
+    assert metrics.multi_bleu_detok(hyps, refs) == pytest.approx(bleu, abs=1e-9)
+    assert metrics.generationeval_ter(hyps, refs) == pytest.approx(ter, abs=1e-12)
+
+
+def test_ter_is_not_capped_at_one():
+    # eval.py: 1.5 = (2.0 + 1) / 2, the output's TER 2.0 (8 deletions / 4 reference words) and the
+    # empty line after the files' final newline; capping each output at 1 gave 1.0
+    hyps, refs = metrics.lora_files(["The hotel is in Rome and it is very very nice."], [["Hotel in Rome."]])
+    assert metrics.generationeval_ter(hyps, refs) == 1.5
+    assert metrics.pyter_ter(hyps[0].split(), refs[0][0].split()) == 2.0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not has_meteor, reason="METEOR 1.5 needs Java and pycocoevalcap's jar")
+def test_generationeval_meteor_matches_official_with_several_references():
+    # PINNED has inputs with 1, 2 and 3 references (6 after LoRA's padding), an empty output, quotes;
+    # eval.py's METEOR: 0.4491816470245339 (pycocoevalcap's METEOR on PTB tokens gave 0.4282)
+    out = metrics.generationeval(PINNED["hyps"], PINNED["refs"])
+    assert out["meteor"] == pytest.approx(0.4491816470245339, abs=1e-15)
+    assert metrics.generationeval(["The hotel is in Rome and it is very very nice."], [["Hotel in Rome."]]) == \
+        pytest.approx(dict(bleu=0.0, ter=1.5, meteor=0.34340395502816545), abs=1e-15)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not has_meteor, reason="METEOR 1.5 needs Java and pycocoevalcap's jar")
+def test_generationeval_meteor_keeps_an_empty_last_output_a_line():
+    # eval.py's METEOR fails here ("\\n".join drops the empty last line: test and reference not same
+    # length); with the empty output first it gives 0.7926829268292683, and a corpus METEOR does not
+    # depend on the order of its lines
+    out = metrics.generationeval(["Aarhus Airport serves Aarhus.", ""], [["Aarhus Airport serves Aarhus."], ["Texas."]])
+    assert out["meteor"] == pytest.approx(0.7926829268292683, abs=1e-15)
 
 
 def test_multi_bleu_detok_by_hand():
@@ -179,7 +203,7 @@ def test_nlg_metrics_keys(monkeypatch):
     e2e = metrics.nlg_metrics("e2e", hyps, refs)
     assert {"bleu", "nist", "rouge_l", "cider", "meteor_missing"} <= set(e2e)
     web = metrics.nlg_metrics("webnlg", hyps, refs, seen=[True, False])
-    assert {"bleu", "ter", "seen", "unseen"} <= set(web)
+    assert {"bleu", "ter", "meteor_missing", "seen", "unseen"} <= set(web) and "meteor" not in web
     # eval.py's extra empty line (TER 1) is part of every (sub)set's mean
     assert web["seen"]["bleu"] == pytest.approx(100.0) and web["seen"]["ter"] == pytest.approx(1 / 2)
     assert web["unseen"]["ter"] == pytest.approx((1 / 3 + 1) / 2)
