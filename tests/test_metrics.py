@@ -176,18 +176,39 @@ def test_pyter_ter_by_hand():
     assert metrics.pyter_ter("A b".split(), "a b".split()) == 1 / 2  # case-sensitive
 
 
+E2E_COCO = dict(  # three E2E-style outputs with 2, 2 and 3 references, non-ASCII text
+    hyps=["The Vaults is a pub near Café Adriatic with a price range of £20-25.",
+          "Blue Spice is a coffee shop in the city centre. It is not family-friendly.",
+          "The Mill, a cheap riverside restaurant, serves Italian food."],
+    refs=[["The Vaults pub near Café Adriatic has a 5 star rating. Prices start at £30.",
+           "Close to Café Adriatic, The Vaults pub is moderately priced."],
+          ["Blue Spice is a coffee shop in the city centre that is not family friendly.",
+           "In the city centre there is an adult coffee shop called Blue Spice."],
+          ["The Mill is a cheap Italian restaurant by the river.", "Along the riverside, The Mill serves cheap Italian food.",
+           "The Mill is an Italian place near the river; it is cheap."]])
+
+
 @pytest.mark.slow
-def test_coco_scores_and_missing_java(monkeypatch):
-    hyps, refs = ["the cat sat on the mat", "a dog runs"], [["the cat sat on the mat"], ["a dog runs"]]
-    good = metrics.coco_scores(hyps, refs, which=("rouge_l",) + (("meteor",) if has_java else ()))
-    assert good["rouge_l"] == pytest.approx(1.0)
-    if has_java:
-        assert good["meteor"] > 0.9
-    bad = metrics.coco_scores(["zebra", "quantum"], refs, which=("rouge_l",))
-    assert bad["rouge_l"] == 0.0
+@pytest.mark.skipif(not has_meteor, reason="METEOR 1.5 and the PTB tokenizer need Java")
+def test_e2e_coco_scores_match_official_script():
+    # tuetschek/e2e-metrics measure_scores.run_coco_eval (its own pycocoevalcap copy) on these lines;
+    # run_mteval: BLEU 0.3746, NIST 4.2562
+    out = metrics.nlg_metrics("e2e", E2E_COCO["hyps"], E2E_COCO["refs"])
+    assert out["meteor"] == pytest.approx(0.4214468004706325, abs=1e-15)
+    assert out["rouge_l"] == pytest.approx(0.6303905081844329, abs=1e-15)
+    assert out["cider"] == pytest.approx(2.958989173593949, abs=1e-12)
+    assert round(out["bleu"] / 100, 4) == 0.3746 and round(out["nist"], 4) == 4.2562
+
+
+def test_e2e_without_java_reports_no_official_rouge_or_cider(monkeypatch):
+    # without the PTB tokenizer ROUGE-L and CIDEr run on mteval tokens: 0.6322 and 2.7664 here against
+    # the official 0.6304 and 2.9590 above, so they must not be named rouge_l and cider
     monkeypatch.setattr(metrics.shutil, "which", lambda name: None)
-    out = metrics.coco_scores(hyps, refs, which=("meteor", "rouge_l"))
-    assert "meteor" not in out and "Java" in out["meteor_missing"] and out["rouge_l"] == pytest.approx(1.0)
+    out = metrics.nlg_metrics("e2e", E2E_COCO["hyps"], E2E_COCO["refs"])
+    assert not {"meteor", "rouge_l", "cider"} & set(out)
+    assert out["rouge_l_approx"] == pytest.approx(0.6321979941401848, abs=1e-12)
+    assert out["cider_approx"] == pytest.approx(2.766409008611928, abs=1e-12)
+    assert "Java" in out["meteor_missing"] and "rouge_l_approx" in out["rouge_l_missing"] and "cider_approx" in out["cider_missing"]
 
 
 def test_coco_scores_without_pycocoevalcap_name_what_is_missing_instead_of_failing(monkeypatch):
@@ -201,7 +222,7 @@ def test_nlg_metrics_keys(monkeypatch):
     monkeypatch.setattr(metrics.shutil, "which", lambda name: None)  # keep this test Java-free and fast
     hyps, refs = ["the cat sat on the mat", "a dog"], [["the cat sat on the mat"], ["a dog barks"]]
     e2e = metrics.nlg_metrics("e2e", hyps, refs)
-    assert {"bleu", "nist", "rouge_l", "cider", "meteor_missing"} <= set(e2e)
+    assert {"bleu", "nist", "rouge_l_approx", "cider_approx", "meteor_missing"} <= set(e2e)
     web = metrics.nlg_metrics("webnlg", hyps, refs, seen=[True, False])
     assert {"bleu", "ter", "meteor_missing", "seen", "unseen"} <= set(web) and "meteor" not in web
     # eval.py's extra empty line (TER 1) is part of every (sub)set's mean
