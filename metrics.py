@@ -4,29 +4,39 @@ Generation metrics as the tasks' official scripts compute them.
 E2E (tuetschek/e2e-metrics, measure_scores.py): BLEU and NIST from its mteval-v13a-sig.pl, ported
 below statement by statement (its Python twin metrics/pymteval.py differs in two places, noted);
 METEOR 1.5, ROUGE-L and CIDEr from pycocoevalcap after its PTB tokenizer, the same code the
-official script calls. METEOR and the PTB tokenizer need Java.
+official script calls. METEOR and the PTB tokenizer need Java: without it METEOR is omitted and
+ROUGE-L and CIDEr are reported as rouge_l_approx and cider_approx (another tokenizer).
 
 WebNLG / DART (WebNLG/GenerationEval eval.py, fed as LoRA's gpt2_decode.py --tokenize --lower feeds
 it, which is how the LoRA and SPDF papers score): outputs and references lower-cased and split at
 every non-word character, 6 references per input; BLEU = multi-bleu-detok.perl (ported: cased
 mteval-v13a tokens, no smoothing); TER = pyter (ported) on nltk.word_tokenize tokens, best
-reference per output, plus eval.py's extra empty line; METEOR = meteor-1.5 `-norm` (pycocoevalcap's
-jar, same version and flags, on its PTB tokens). generationeval(lora=False) runs eval.py's BLEU and
-TER on the raw text instead (case-sensitive). Numbers pinned in tests/test_metrics.py.
+reference per output, not capped at 1, plus eval.py's extra empty line; METEOR = METEOR 1.5 run
+as eval.py runs it (`-l en -norm -r 6`, pycocoevalcap's jar) on the nltk tokens. Numbers pinned in
+tests/test_metrics.py; which official script each equals, and on what: results/metrics.md.
 
+A value computed another way than the official script is never reported under the official name.
 All BLEU values are on the 0-100 scale; METEOR, ROUGE-L, TER are fractions; NIST and CIDEr raw.
 """
 import importlib.util
 import math
 import re
 import shutil
+import subprocess
+import tempfile
 from collections import Counter
+from pathlib import Path
 
 # -----------------------------------------------------------------------------
 # mteval-v13a (the E2E challenge's BLEU and NIST)
 
 
-def mteval_tokenize(text, lower=True, space=re.compile(r"\s+")):
+# Perl's \s on the decoded text mteval-v13a-sig.pl reads (binmode :utf8): Unicode White_Space. Python's
+# \s also matches the ASCII separators U+001C-U+001F, which Perl keeps inside words.
+PERL_SPACE = re.compile(r"[^\S\x1c-\x1f]+")
+
+
+def mteval_tokenize(text, lower=True, space=PERL_SPACE):
     """mteval-v13a's default `tokenization` (lower-cases ASCII A-Z only, as Perl's tr/// does);
     lower=False: multi-bleu-detok.perl's (case kept); `space`: what counts as whitespace."""
     text = text.replace("<skipped>", "").replace("-\n", "").replace("\n", " ")
@@ -132,15 +142,19 @@ COCO = {"meteor": ("meteor.meteor", "Meteor"), "rouge_l": ("rouge.rouge", "Rouge
 
 
 def coco_scores(hyps, refs, which=("meteor", "rouge_l", "cider")):
-    """Corpus scores from pycocoevalcap, after its PTB tokenizer as COCOEvalCap does. Without
-    Java, METEOR is omitted and the others run on a lower-cased mteval tokenization instead of
-    PTB's; without pycocoevalcap, all three are omitted. An omitted score's reason is under
-    '<name>_missing', so that a run never fails at its end over a scorer that is not installed."""
+    """Corpus scores from pycocoevalcap, after its PTB tokenizer as COCOEvalCap does. The PTB
+    tokenizer (Stanford CoreNLP) and METEOR need Java. Without it METEOR is omitted, and ROUGE-L and
+    CIDEr are computed on a lower-cased mteval tokenization instead, which is not the official
+    number (+5 % and -1 % relative on one E2E output): they are reported as 'rouge_l_approx' and
+    'cider_approx'. Without pycocoevalcap all three are omitted. Each official score that is not
+    reported has its reason under '<name>_missing', so a run never fails at its end over a scorer
+    that is not installed, and never reports another number under the official name."""
     out = {}
     res = {i: [h] for i, h in enumerate(hyps)}
     gts = {i: list(rs) for i, rs in enumerate(refs)}
     java = java_missing()
-    if java is None and coco_missing("tokenizer.ptbtokenizer") is None:
+    official_tokens = java is None and coco_missing("tokenizer.ptbtokenizer") is None
+    if official_tokens:
         from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
         tok = PTBTokenizer()
         gts = tok.tokenize({i: [{"caption": r} for r in rs] for i, rs in gts.items()})
@@ -155,9 +169,15 @@ def coco_scores(hyps, refs, which=("meteor", "rouge_l", "cider")):
             out[f"{name}_missing"] = missing
             continue
         scorer = getattr(importlib.import_module(f"pycocoevalcap.{module}"), cls)()
-        out[name] = float(scorer.compute_score(gts, res)[0])
+        score = float(scorer.compute_score(gts, res)[0])
         if hasattr(scorer, "close"):
             scorer.close()
+        if official_tokens:
+            out[name] = score
+        else:
+            out[f"{name}_approx"] = score
+            out[f"{name}_missing"] = (f"the official {name} tokenizes with Stanford's PTB tokenizer, which needs Java "
+                                      f"(not found on PATH); {name}_approx is the same scorer on mteval tokens")
     return out
 
 
@@ -209,28 +229,14 @@ def multi_bleu_detok(hyps, refs, lowercase=False):
     return 100 * bp * math.exp(sum(math.log(correct[n] / total[n]) for n in range(1, 5)) / 4)
 
 
-def nltk_word_tokenize(text, sentences=True):
-    """nltk.word_tokenize, as eval.py tokenizes for TER. It splits sentences with Punkt's English
-    model when nltk's data holds it; without that data, with an untrained Punkt (which knows no
-    abbreviations: 'St. Louis' ends a sentence there and splits off 'St.''s period). sentences=False
-    tokenizes the line as one sentence (identical on lora_postprocess'd text, whose periods are
-    tokens already)."""
+def nltk_word_tokenize(text):
+    """nltk.word_tokenize as eval.py applies it to a line of LoRA's post-processed text. word_tokenize
+    first splits sentences with Punkt's English model, but there every period is a token already and
+    the split changes nothing, so the line is tokenized whole: no Punkt data and no nltk pin needed
+    (nltk 3.10 here gives what nltk 3.5 + English Punkt give on all 20,644 WebNLG/DART test and dev
+    references, results/metrics.md)."""
     from nltk.tokenize import NLTKWordTokenizer
-    global _sent_split
-    if not sentences:
-        return NLTKWordTokenizer().tokenize(text)
-    if _sent_split is None:
-        import nltk
-        try:
-            nltk.sent_tokenize("A test. Another.")
-            _sent_split = nltk.sent_tokenize
-        except LookupError:
-            from nltk.tokenize.punkt import PunktSentenceTokenizer
-            _sent_split = PunktSentenceTokenizer().tokenize
-    return [t for s in _sent_split(text) for t in NLTKWordTokenizer().tokenize(s)]
-
-
-_sent_split = None
+    return NLTKWordTokenizer().tokenize(text)
 
 
 def _levenshtein_rows(words, ref, rows, start):
@@ -274,31 +280,66 @@ def pyter_ter(hyp, ref):
         rows = _levenshtein_rows(hyp, ref, [rows[0]], 0)
 
 
-def generationeval_ter(hyps, refs, sentences=True, trailing_line=True):
-    """eval.py's ter_score: per output the lowest pyter TER against any of its references (an empty
-    reference counts 1), on nltk-tokenized text, averaged. eval.py splits its input files on '\\n',
-    so files ending in a newline (as gpt2_decode.py writes them) add one empty output with empty
-    references, scoring 1: trailing_line=True reproduces that."""
+def generationeval_ter(hyps, refs):
+    """eval.py's ter_score on LoRA's files: per output the lowest pyter TER against its references
+    (an empty reference counts 1), on nltk-tokenized text, averaged. Not capped: an output longer than
+    its references scores above 1. eval.py splits its files on '\\n', so the final newline that
+    gpt2_decode.py writes adds one empty output with empty references, scoring 1; it is counted here."""
     scores = []
     for h, rs in zip(hyps, refs):
-        h = " ".join(nltk_word_tokenize(h, sentences)).split()
-        best = 1.0
-        for r in set(rs):
-            r = " ".join(nltk_word_tokenize(r, sentences))
-            best = min(best, pyter_ter(h, r.split()) if r else 1.0)
-        scores.append(best)
-    if trailing_line:
-        scores.append(1.0)
+        h = " ".join(nltk_word_tokenize(h)).split()
+        candidates = []
+        for r in rs:
+            r = " ".join(nltk_word_tokenize(r))
+            candidates.append(pyter_ter(h, r.split()) if r else 1.0)
+        scores.append(min(candidates))
+    scores.append(1.0)  # the empty line after the final newline
     return sum(scores) / len(scores)
 
 
-def generationeval(hyps, refs, lora=True):
-    """BLEU (0-100) and TER (fraction) as GenerationEval's eval.py reports them. lora=True: on the
-    files LoRA's pipeline hands it (lora_files: lower-cased, \\W-split, 6 references), as the SPDF
-    and LoRA papers score; lora=False: eval.py on the raw text, case-sensitive, every reference."""
-    if lora:
-        hyps, refs = lora_files(hyps, refs)
-    return dict(bleu=multi_bleu_detok(hyps, refs), ter=generationeval_ter(hyps, refs, sentences=not lora))
+def meteor_jar():
+    """pycocoevalcap's METEOR 1.5 jar (data/paraphrase-en.gz beside it, as in METEOR's own release),
+    or None when pycocoevalcap is not installed."""
+    if coco_missing("meteor.meteor"):
+        return None
+    return str(Path(importlib.util.find_spec("pycocoevalcap.meteor").submodule_search_locations[0]) / "meteor-1.5.jar")
+
+
+def generationeval_meteor(hyps, refs):
+    """eval.py's meteor_score on LoRA's files: METEOR 1.5 run as eval.py runs it (`-l en -norm -r N`,
+    corpus score) on nltk-tokenized lines, N references per output. eval.py itself fails on those
+    files (their final newline leaves it a reference file with N-1 lines too many, and METEOR stops
+    with "test and reference not same length": it prints -1); this is its score on the same lines
+    without that extra empty one. Each line is newline-terminated so that an empty last output
+    stays a line. Needs Java; raises RuntimeError with METEOR's message when it fails."""
+    n = len(refs[0])
+    if any(len(rs) != n for rs in refs):
+        raise ValueError(f"METEOR -r {n}: every output needs {n} references (lora_files pads them)")
+    with tempfile.TemporaryDirectory() as tmp:
+        hyp_file, ref_file = Path(tmp, "hypothesis_meteor"), Path(tmp, "reference_meteor")
+        hyp_file.write_text("".join(" ".join(nltk_word_tokenize(h)) + "\n" for h in hyps), encoding="utf-8")
+        ref_file.write_text("".join(" ".join(nltk_word_tokenize(r)) + "\n" for rs in refs for r in rs), encoding="utf-8")
+        jar = meteor_jar()
+        run = subprocess.run(["java", "-Xmx2G", "-jar", jar, str(hyp_file), str(ref_file), "-l", "en", "-norm", "-r", str(n)],
+                             capture_output=True, text=True, encoding="utf-8", cwd=Path(jar).parent)
+    found = re.search(r"^Final score:\s+(\S+)\s*$", run.stdout, re.M)
+    if run.returncode or not found:
+        raise RuntimeError(f"METEOR 1.5 failed: {(run.stderr.strip() or run.stdout.strip())[-300:]}")
+    return float(found.group(1))
+
+
+def generationeval(hyps, refs):
+    """BLEU (0-100), TER (fraction) and METEOR as GenerationEval's eval.py reports them on the files
+    LoRA's pipeline hands it (lora_files: lower-cased, \\W-split, 6 references), as the SPDF and LoRA
+    papers score. Without Java or pycocoevalcap, METEOR is omitted and 'meteor_missing' says why."""
+    hyps, refs = lora_files(hyps, refs)
+    out = dict(bleu=multi_bleu_detok(hyps, refs), ter=generationeval_ter(hyps, refs))
+    missing = java_missing() or coco_missing("meteor.meteor")
+    if missing:
+        out["meteor_missing"] = missing
+    else:
+        out["meteor"] = generationeval_meteor(hyps, refs)
+    return out
 
 
 def nlg_metrics(task, hyps, refs, seen=None):
@@ -309,12 +350,9 @@ def nlg_metrics(task, hyps, refs, seen=None):
         bleu, nist = mteval_bleu_nist(hyps, refs)
         return dict(bleu=100 * bleu, nist=nist, **coco_scores(hyps, refs))
 
-    def score(h, r):
-        return dict(**generationeval(h, r), **coco_scores(h, r, which=("meteor",)))
-
-    out = score(hyps, refs)
+    out = generationeval(hyps, refs)
     if task == "webnlg" and seen is not None:
         for name, flag in (("seen", True), ("unseen", False)):
             idx = [i for i, s in enumerate(seen) if s == flag]
-            out[name] = score([hyps[i] for i in idx], [refs[i] for i in idx]) if idx else None
+            out[name] = generationeval([hyps[i] for i in idx], [refs[i] for i in idx]) if idx else None
     return out

@@ -8,6 +8,7 @@ from data.sources import mirror_file
 from data.tasks import read_e2e
 
 has_java = metrics.java_missing() is None
+has_meteor = has_java and metrics.coco_missing("meteor.meteor") is None
 
 
 def test_mteval_tokenization():
@@ -15,6 +16,20 @@ def test_mteval_tokenization():
         ["the", "vaults", ",", "near", "café", "adriatic", ",", "costs", "£30", "-", "40", "."]
     assert metrics.mteval_tokenize("3.5 stars, 1,000 &amp; (more)") == \
         ["3.5", "stars", ",", "1,000", "&", "(", "more", ")"]
+
+
+def test_mteval_whitespace_is_perls_not_pythons():
+    # Official: tuetschek/e2e-metrics measure_scores.run_mteval (mteval-v13a-sig.pl, Perl 5.36) on these
+    # lines gives BLEU 0.7144 (71.4447 by hand: p1..p4 = 8/9, 6/7, 4/5, 2/3, brevity exp(1 - 10/9)):
+    # Perl's \s does not match U+001C-U+001F, so "the\x1cfood" stays one word (results/metrics.md).
+    hyps, refs = ["the\x1cfood is good here", "a pub near the river"], [["the food is good here"], ["a pub near the river"]]
+    bleu, _ = metrics.mteval_bleu_nist(hyps, refs)
+    assert 100 * bleu == pytest.approx(100 * (8 / 9 * 6 / 7 * 4 / 5 * 2 / 3) ** 0.25 * math.exp(1 - 10 / 9), abs=1e-9)
+    assert round(100 * bleu, 4) == 71.4447
+    for char in "\x1c\x1d\x1e\x1f\u200b\ufeff":  # not whitespace to Perl (checked one by one as above)
+        assert len(metrics.mteval_tokenize(f"a{char}b")) == 1
+    for char in "\x0b\x85\xa0\u2009\u2028\u3000":  # whitespace to Perl: BLEU 1 in the same check
+        assert metrics.mteval_tokenize(f"a{char}b") == ["a", "b"]
 
 
 def test_bleu_by_hand():
@@ -65,10 +80,10 @@ def test_e2e_bleu_nist_match_official_script():
     assert own[0] == pytest.approx(1.0) and own[1] == pytest.approx(14.1563, abs=1e-4)
 
 
-# WebNLG/DART: GenerationEval's eval.py. Golden numbers from running it (its multi-bleu-detok.perl
-# under Perl, its ter_score with pyter3 0.3 and nltk 3.5 as it pins them; Punkt sentence splitting
-# untrained, as no abbreviation in these texts needs the English model) on files written as LoRA's
-# gpt2_decode.py writes them (6 references, trailing newline; --tokenize --lower for "lora").
+# WebNLG/DART: GenerationEval's eval.py. Golden numbers from running it unmodified (eval.run(), nltk 3.5,
+# pyter3 0.3, English Punkt, Perl 5.36, METEOR 1.5 = pycocoevalcap's jar under Java 17) on files written
+# as LoRA's gpt2_decode.py --tokenize --lower writes them (6 references, trailing newline); METEOR on the
+# same files without the trailing newline, on which eval.py's METEOR fails. Commands: results/metrics.md.
 PINNED = dict(
     hyps=["Alan Bean was born in Wheeler, Texas. He was a test pilot.",
           "the the the the the the",  # degenerate
@@ -99,21 +114,44 @@ ZERO_4GRAM = dict(hyps=["Aarhus Airport serves", "Texas pilot born"],
                   refs=[["Aarhus Airport serves Aarhus."], ["Alan Bean was born in Texas."]])
 
 
-@pytest.mark.parametrize("case, lora, bleu, ter", [
-    (PINNED, True, 62.74, 0.4497748447204969),  # perl at 10 digits: 62.7413054884
-    (PINNED, False, 36.70, 0.6094444444444445),  # perl at 10 digits: 36.7007561708
-    (UPPER, True, 100.0, 1 / 3),  # lower-cased by LoRA's pipeline: perfect, but for eval.py's extra line
-    (UPPER, False, 0.0, 0.8916666666666666),  # eval.py itself is case-sensitive
-    (ZERO_4GRAM, True, 0.0, 0.7523809523809524),  # no 4-gram match: 0.00, no smoothing
+@pytest.mark.parametrize("case, bleu, ter", [
+    (PINNED, 62.7413054884, 0.4497748447204969),  # multi-bleu-detok.perl at 10 digits: 62.7413054884
+    (UPPER, 100.0, 1 / 3),  # lower-cased by LoRA's pipeline: perfect, but for eval.py's extra line
+    (ZERO_4GRAM, 0.0, 0.7523809523809524),  # no 4-gram match: 0.00, no smoothing
 ])
-def test_generationeval_matches_official(case, lora, bleu, ter):
-    nltk = pytest.importorskip("nltk")
-    out = metrics.generationeval(case["hyps"], case["refs"], lora=lora)
-    assert round(out["bleu"], 2) == bleu
-    if lora or nltk.__version__ == "3.5":  # raw text: nltk 3.10 tokenizes some quotes differently
-        assert out["ter"] == pytest.approx(ter, abs=1e-12)
-    if case is PINNED:
-        assert out["bleu"] == pytest.approx(62.7413054884 if lora else 36.7007561708, abs=1e-9)
+def test_generationeval_bleu_ter_match_official(case, bleu, ter):
+    hyps, refs = metrics.lora_files(case["hyps"], case["refs"])
+    assert metrics.multi_bleu_detok(hyps, refs) == pytest.approx(bleu, abs=1e-9)
+    assert metrics.generationeval_ter(hyps, refs) == pytest.approx(ter, abs=1e-12)
+
+
+def test_ter_is_not_capped_at_one():
+    # eval.py: 1.5 = (2.0 + 1) / 2, the output's TER 2.0 (8 deletions / 4 reference words) and the
+    # empty line after the files' final newline; capping each output at 1 gave 1.0
+    hyps, refs = metrics.lora_files(["The hotel is in Rome and it is very very nice."], [["Hotel in Rome."]])
+    assert metrics.generationeval_ter(hyps, refs) == 1.5
+    assert metrics.pyter_ter(hyps[0].split(), refs[0][0].split()) == 2.0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not has_meteor, reason="METEOR 1.5 needs Java and pycocoevalcap's jar")
+def test_generationeval_meteor_matches_official_with_several_references():
+    # PINNED has inputs with 1, 2 and 3 references (6 after LoRA's padding), an empty output, quotes;
+    # eval.py's METEOR: 0.4491816470245339 (pycocoevalcap's METEOR on PTB tokens gave 0.4282)
+    out = metrics.generationeval(PINNED["hyps"], PINNED["refs"])
+    assert out["meteor"] == pytest.approx(0.4491816470245339, abs=1e-15)
+    assert metrics.generationeval(["The hotel is in Rome and it is very very nice."], [["Hotel in Rome."]]) == \
+        pytest.approx(dict(bleu=0.0, ter=1.5, meteor=0.34340395502816545), abs=1e-15)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not has_meteor, reason="METEOR 1.5 needs Java and pycocoevalcap's jar")
+def test_generationeval_meteor_keeps_an_empty_last_output_a_line():
+    # eval.py's METEOR fails here ("\\n".join drops the empty last line: test and reference not same
+    # length); with the empty output first it gives 0.7926829268292683, and a corpus METEOR does not
+    # depend on the order of its lines
+    out = metrics.generationeval(["Aarhus Airport serves Aarhus.", ""], [["Aarhus Airport serves Aarhus."], ["Texas."]])
+    assert out["meteor"] == pytest.approx(0.7926829268292683, abs=1e-15)
 
 
 def test_multi_bleu_detok_by_hand():
@@ -138,18 +176,39 @@ def test_pyter_ter_by_hand():
     assert metrics.pyter_ter("A b".split(), "a b".split()) == 1 / 2  # case-sensitive
 
 
+E2E_COCO = dict(  # three E2E-style outputs with 2, 2 and 3 references, non-ASCII text
+    hyps=["The Vaults is a pub near Café Adriatic with a price range of £20-25.",
+          "Blue Spice is a coffee shop in the city centre. It is not family-friendly.",
+          "The Mill, a cheap riverside restaurant, serves Italian food."],
+    refs=[["The Vaults pub near Café Adriatic has a 5 star rating. Prices start at £30.",
+           "Close to Café Adriatic, The Vaults pub is moderately priced."],
+          ["Blue Spice is a coffee shop in the city centre that is not family friendly.",
+           "In the city centre there is an adult coffee shop called Blue Spice."],
+          ["The Mill is a cheap Italian restaurant by the river.", "Along the riverside, The Mill serves cheap Italian food.",
+           "The Mill is an Italian place near the river; it is cheap."]])
+
+
 @pytest.mark.slow
-def test_coco_scores_and_missing_java(monkeypatch):
-    hyps, refs = ["the cat sat on the mat", "a dog runs"], [["the cat sat on the mat"], ["a dog runs"]]
-    good = metrics.coco_scores(hyps, refs, which=("rouge_l",) + (("meteor",) if has_java else ()))
-    assert good["rouge_l"] == pytest.approx(1.0)
-    if has_java:
-        assert good["meteor"] > 0.9
-    bad = metrics.coco_scores(["zebra", "quantum"], refs, which=("rouge_l",))
-    assert bad["rouge_l"] == 0.0
+@pytest.mark.skipif(not has_meteor, reason="METEOR 1.5 and the PTB tokenizer need Java")
+def test_e2e_coco_scores_match_official_script():
+    # tuetschek/e2e-metrics measure_scores.run_coco_eval (its own pycocoevalcap copy) on these lines;
+    # run_mteval: BLEU 0.3746, NIST 4.2562
+    out = metrics.nlg_metrics("e2e", E2E_COCO["hyps"], E2E_COCO["refs"])
+    assert out["meteor"] == pytest.approx(0.4214468004706325, abs=1e-15)
+    assert out["rouge_l"] == pytest.approx(0.6303905081844329, abs=1e-15)
+    assert out["cider"] == pytest.approx(2.958989173593949, abs=1e-12)
+    assert round(out["bleu"] / 100, 4) == 0.3746 and round(out["nist"], 4) == 4.2562
+
+
+def test_e2e_without_java_reports_no_official_rouge_or_cider(monkeypatch):
+    # without the PTB tokenizer ROUGE-L and CIDEr run on mteval tokens: 0.6322 and 2.7664 here against
+    # the official 0.6304 and 2.9590 above, so they must not be named rouge_l and cider
     monkeypatch.setattr(metrics.shutil, "which", lambda name: None)
-    out = metrics.coco_scores(hyps, refs, which=("meteor", "rouge_l"))
-    assert "meteor" not in out and "Java" in out["meteor_missing"] and out["rouge_l"] == pytest.approx(1.0)
+    out = metrics.nlg_metrics("e2e", E2E_COCO["hyps"], E2E_COCO["refs"])
+    assert not {"meteor", "rouge_l", "cider"} & set(out)
+    assert out["rouge_l_approx"] == pytest.approx(0.6321979941401848, abs=1e-12)
+    assert out["cider_approx"] == pytest.approx(2.766409008611928, abs=1e-12)
+    assert "Java" in out["meteor_missing"] and "rouge_l_approx" in out["rouge_l_missing"] and "cider_approx" in out["cider_missing"]
 
 
 def test_coco_scores_without_pycocoevalcap_name_what_is_missing_instead_of_failing(monkeypatch):
@@ -163,9 +222,9 @@ def test_nlg_metrics_keys(monkeypatch):
     monkeypatch.setattr(metrics.shutil, "which", lambda name: None)  # keep this test Java-free and fast
     hyps, refs = ["the cat sat on the mat", "a dog"], [["the cat sat on the mat"], ["a dog barks"]]
     e2e = metrics.nlg_metrics("e2e", hyps, refs)
-    assert {"bleu", "nist", "rouge_l", "cider", "meteor_missing"} <= set(e2e)
+    assert {"bleu", "nist", "rouge_l_approx", "cider_approx", "meteor_missing"} <= set(e2e)
     web = metrics.nlg_metrics("webnlg", hyps, refs, seen=[True, False])
-    assert {"bleu", "ter", "seen", "unseen"} <= set(web)
+    assert {"bleu", "ter", "meteor_missing", "seen", "unseen"} <= set(web) and "meteor" not in web
     # eval.py's extra empty line (TER 1) is part of every (sub)set's mean
     assert web["seen"]["bleu"] == pytest.approx(100.0) and web["seen"]["ter"] == pytest.approx(1 / 2)
     assert web["unseen"]["ter"] == pytest.approx((1 / 3 + 1) / 2)
