@@ -30,8 +30,8 @@ the tokenizer's files: 38.7 MiB) and prints the command to run there with .gpu c
 gpu_check.py unpacks it first, and the command tars the results into one file to bring back and unpack
 into results/gpu/. The machine needs torch, Triton, pytest, sacrebleu, matplotlib and tiktoken;
 .gpu/python.zip brings nltk and pycocoevalcap's ROUGE-L and CIDEr. METEOR needs Java, which the GPU
-image lacks: it is reported missing, and ROUGE-L and CIDEr run on mteval tokens instead of the PTB
-tokenizer's (metrics.coco_scores).
+image lacks: it is reported missing, and ROUGE-L and CIDEr, computed on mteval tokens instead of the PTB
+tokenizer's, are reported as rouge_l_approx and cider_approx (metrics.coco_scores).
 """
 import importlib.metadata
 import importlib.util
