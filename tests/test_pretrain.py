@@ -5,7 +5,6 @@ import sys
 import pytest
 import torch
 
-from common import UsageError, parse_config
 from sparsity import SPARSE_MATRICES
 from tests.conftest import ROOT, run_pretrain
 
@@ -50,26 +49,6 @@ def test_sparse_run_spends_fewer_flops_than_dense(sparse_run, tmp_path, shakespe
 
 
 @pytest.mark.slow
-def test_resume_after_interruption_is_bit_identical(tmp_path, shakespeare_dir):
-    common = ["--sparsity=0.5", "--lr_decay_iters=12", "--eval_interval=6", "--dropout=0.1"]
-    run_pretrain(tmp_path / "full", shakespeare_dir, *common, "--max_iters=12")
-    run_pretrain(tmp_path / "cut", shakespeare_dir, *common, "--max_iters=6")  # stopped half way
-    run_pretrain(tmp_path / "cut", shakespeare_dir, "--init_from=resume", "--max_iters=12")
-    a = torch.load(tmp_path / "full" / "ckpt.pt", weights_only=True)
-    b = torch.load(tmp_path / "cut" / "ckpt.pt", weights_only=True)
-    assert b["iter_num"] == 12 and b["tokens_seen"] == a["tokens_seen"]
-    for name in a["model"]:
-        assert torch.equal(a["model"][name], b["model"][name]), name
-    assert all(torch.equal(a["masks"][n], b["masks"][n]) for n in a["masks"])
-
-
-def test_resume_refuses_to_change_sparsity(tmp_path, shakespeare_dir):
-    run_pretrain(tmp_path, shakespeare_dir, "--sparsity=0.5", "--max_iters=1", "--eval_interval=1")
-    with pytest.raises(UsageError, match="sparsity cannot change"):
-        run_pretrain(tmp_path, shakespeare_dir, "--init_from=resume", "--sparsity=0.75", "--max_iters=2")
-
-
-@pytest.mark.slow
 def test_two_process_ddp_run_ends_identical_on_both_ranks(ddp_run):
     last = json.loads((ddp_run / "log.jsonl").read_text().splitlines()[-1])
     fingerprints = last["rank_fingerprints"]
@@ -92,41 +71,3 @@ def test_bad_input_is_a_one_line_error(arg, message, tmp_path):
     assert "Traceback" not in proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0]
-
-
-def test_config_files_then_overrides_with_type_checks(tmp_path):
-    defaults = dict(model="tiny", sparsity=0.0, max_iters=10, compile=False)
-    cfgfile = tmp_path / "c.py"
-    cfgfile.write_text("model = 'mini'\nmax_iters = 100\n")
-    cfg, overrides = parse_config(defaults, [str(cfgfile), "--max_iters=5", "--sparsity=1", "--compile=True"])
-    assert cfg == dict(model="mini", sparsity=1.0, max_iters=5, compile=True)
-    assert set(overrides) == {"model", "max_iters", "sparsity", "compile"}
-    with pytest.raises(UsageError, match="float"):
-        parse_config(defaults, ["--sparsity=abc"])
-    cfgfile.write_text("n_layers = 3\n")
-    with pytest.raises(UsageError, match="unknown config key 'n_layers'"):
-        parse_config(defaults, [str(cfgfile)])
-
-
-def test_key_space_value_bare_bool_flags_and_positional_arguments():
-    defaults = dict(model="tiny", sparsity=0.0, compile=False, json="")
-    cfg, _ = parse_config(defaults, ["--model", "mini", "--compile", "--json", "out.json", "--sparsity=0.5"])
-    assert cfg == dict(model="mini", sparsity=0.5, compile=True, json="out.json")
-    assert parse_config(defaults, ["--compile", "false"])[0]["compile"] is False
-    with pytest.raises(UsageError, match="--model needs a value"):
-        parse_config(defaults, ["--model", "--compile"])
-    cfg, _ = parse_config(defaults, ["mini", "--json", "x.json"], positional=("model",))
-    assert cfg["model"] == "mini" and cfg["json"] == "x.json"
-    with pytest.raises(UsageError, match="unexpected argument"):
-        parse_config(defaults, ["mini", "extra"], positional=("model",))
-
-
-def test_paper_config_files_parse():
-    import pretrain
-    for name, lr, tokens in (("pretrain_gpt2_small.py", 6e-4, 2.5e9), ("pretrain_gpt3_xl.py", 2e-4, 26e9)):
-        cfg, _ = parse_config(pretrain.DEFAULTS, [str(ROOT / "config" / name)])
-        pretrain.validate(cfg)
-        seqs = cfg["batch_size"] * cfg["gradient_accumulation_steps"]
-        assert cfg["learning_rate"] == lr and seqs in (256, 512)
-        assert abs(cfg["max_iters"] * seqs * 2048 - tokens) / tokens < 0.001
-        assert abs(cfg["warmup_iters"] * seqs * 2048 - 375e6) / 375e6 < 0.002
