@@ -95,7 +95,7 @@ def test_no_repeat_ngram():
     assert beam_search(model, [[0]], 3, 12, no_repeat_ngram=0, eos=4)[0] == [1] * 12  # without the rule
 
 
-def test_greedy_matches_model_generate_with_real_gpt():
+def test_real_gpt_greedy_matches_generate_and_cached_beams_match_uncached_log_probs():
     torch.manual_seed(0)
     model = GPT(GPTConfig(block_size=32, vocab_size=64, n_layer=2, n_head=2, n_embd=16)).eval()
     prompts = [[5, 9, 2, 7], [1, 1, 3, 60], [40, 41, 42, 43]]
@@ -104,5 +104,13 @@ def test_greedy_matches_model_generate_with_real_gpt():
         ref = model.generate(torch.tensor([p]), 10, temperature=0)[0, len(p):].tolist()
         ref = ref[:ref.index(63)] if 63 in ref else ref
         assert g == ref
+    # beam 4 through the KV cache (reordered as beams re-rank) = beam 4 over log-probs recomputed
+    # from the whole sequence, without a cache
+    @torch.no_grad()
+    def uncached(seq):
+        return torch.log_softmax(model(torch.tensor([seq]))[0][0, -1].float(), -1).tolist()
     wide = beam_search(model, prompts, beam_size=4, max_new_tokens=10, no_repeat_ngram=3, eos=63)
-    assert len(wide) == 3 and all(isinstance(t, int) for w in wide for t in w)
+    assert wide == beam_search(TableLM(uncached, 64), prompts, 4, 10, no_repeat_ngram=3, eos=63)
+    for w in wide:
+        trigrams = list(zip(w, w[1:], w[2:]))
+        assert 1 <= len(w) <= 10 and 63 not in w and len(trigrams) == len(set(trigrams))

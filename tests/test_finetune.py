@@ -11,6 +11,9 @@ import torch
 import finetune
 from common import UsageError
 from checkpoint import load_checkpoint
+from data.tasks import load_groups
+from flops import train_flops
+from model import GPTConfig
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -30,11 +33,23 @@ def masked_values(model_state, masks):
 def test_dense_vs_sparse_finetuning_end_to_end(tiny_ckpt, tmp_path, monkeypatch):
     import metrics
     monkeypatch.setattr(metrics.shutil, "which", lambda name: None)  # no JVM start-ups (test_metrics runs METEOR)
+    shapes = []  # (sequences, padded length) of every training batch
+    real_batches = finetune.batches
+
+    def spy(examples, batch_size, shuffle, rng):
+        for batch in real_batches(examples, batch_size, shuffle, rng):
+            if shuffle:  # training; validation batches come unshuffled
+                shapes.append((len(batch), max(len(ids) for ids, _ in batch) - 1))
+            yield batch
+    monkeypatch.setattr(finetune, "batches", spy)
     pre = load_checkpoint(tiny_ckpt)
     masks = pre["masks"]
     assert masks and not masked_values(pre["model"], masks).any()  # 75% sparse pre-training
+    mcfg = GPTConfig(**pre["model_config"])
     dense = run_ft(tmp_path / "dense", tiny_ckpt, "--task=e2e")
+    dense_shapes, shapes[:] = list(shapes), []
     sparse = run_ft(tmp_path / "sparse", tiny_ckpt, "--task=e2e", "--sparse=True")
+    assert dense_shapes == shapes and len(shapes) == 2  # the same 2 batches of 8 (16 examples, 1 epoch)
     d, s = load_checkpoint(tmp_path / "dense"), load_checkpoint(tmp_path / "sparse")
     assert d["masks"] == {} and set(s["masks"]) == set(masks)
     assert (masked_values(d["model"], masks) != 0).float().mean() > 0.5  # pruned weights learned
@@ -43,11 +58,15 @@ def test_dense_vs_sparse_finetuning_end_to_end(tiny_ckpt, tmp_path, monkeypatch)
         assert m["task"] == "e2e" and m["n_examples"] == 3 and m["pretrain_sparsity"] == 0.75
         assert {"bleu", "nist", "rouge_l", "cider", "meteor_missing"} <= set(m)
     assert dense["sparse_finetune"] is False and sparse["sparse_finetune"] is True
-    assert 0 < sparse["flops"] < dense["flops"]  # sparse matrices cost less per step
+    # every step costs the exact training FLOPs of its batch at its padded length; sparse matrices cost less
+    exact = lambda s: sum(n * train_flops(mcfg, T, s, mcfg.vocab_size) for n, T in shapes)
+    assert dense["flops"] == exact(0.0) and sparse["flops"] == exact(0.75) and sparse["flops"] < dense["flops"]
     preds = (tmp_path / "dense" / "predictions.txt").read_text().split("\n")
     assert len(preds) == 4 and preds[-1] == ""  # 3 lines
-    ref_blocks = (tmp_path / "dense" / "references.txt").read_text().strip().split("\n\n")
-    assert len(ref_blocks) == 3 and all(len(b.split("\n")) >= 1 for b in ref_blocks)
+    # one block of reference lines per scored input: 3 of the test split's groups, in the split's order
+    ref_blocks = [b.split("\n") for b in (tmp_path / "dense" / "references.txt").read_text().strip().split("\n\n")]
+    test_refs = iter(g["refs"] for g in load_groups("e2e", "test")[0])
+    assert len(ref_blocks) == 3 and all(block in test_refs for block in ref_blocks)  # an ordered subsequence
     assert json.loads((tmp_path / "dense" / "metrics.json").read_text())["bleu"] == dense["bleu"]
     # the fine-tuned checkpoint scores again with --eval_only, same model -> same predictions
     again = finetune.main([f"--init_from={tmp_path / 'dense'}", "--eval_only=True", "--task=e2e", "--device=cpu",
