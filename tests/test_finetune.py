@@ -2,6 +2,7 @@
 CLI errors. Beam search is tests/test_decode.py."""
 import json
 import math
+import random
 import subprocess
 import sys
 
@@ -101,3 +102,40 @@ def test_cli_errors(tiny_ckpt, tmp_path):
         finetune.main([f"--init_from={corrupt}", f"--out_dir={tmp_path / 'b'}"])
     with pytest.raises(UsageError, match="beam_size"):
         finetune.main([f"--init_from={tiny_ckpt}", "--beam_size=0"])
+
+
+def test_early_stopping_after_patience_bad_epochs_saves_the_best_epochs_model(tiny_ckpt, tmp_path, monkeypatch, capsys):
+    data = tmp_path / "news.jsonl"
+    data.write_text("\n".join(json.dumps({"article": f"Company {i} reported revenue of {i} million dollars.",
+                                          "summary": f"Revenue {i}m."}) for i in range(30)))
+    script = [3.0, 2.0, 2.5, 2.4, 1.0]  # validation losses: best at epoch 2, then 2 epochs without a better one
+    states, real_evaluate = [], finetune.evaluate_loss
+
+    def scripted(model, examples, batch_size, device, prompt=None):
+        if (tmp_path / "ft" / "ckpt.pt").exists():  # saved: the test split's perplexity
+            return real_evaluate(model, examples, batch_size, device, prompt)
+        states.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        return script[len(states) - 1]
+    monkeypatch.setattr(finetune, "evaluate_loss", scripted)
+    m = run_ft(tmp_path / "ft", tiny_ckpt, "--task=summarization", f"--data={data}", "--max_examples=8",
+               "--batch_size=4", "--max_epochs=5", "--patience=2", "--warmup_iters=0")
+    assert "early stopping: validation loss has not improved for 2 epoch(s)" in capsys.readouterr().out
+    assert len(states) == 4 and m["epochs"] == 4 and m["train_steps"] == 8  # epoch 5 never ran
+    ckpt = load_checkpoint(tmp_path / "ft")
+    assert [h["val_loss"] for h in ckpt["finetune"]["history"]] == script[:4] and ckpt["best_val_loss"] == 2.0
+    assert m["best_val_loss"] == 2.0
+    assert all(torch.equal(v, states[1][k]) for k, v in ckpt["model"].items())  # epoch 2's weights ...
+    assert not all(torch.equal(v, states[3][k]) for k, v in ckpt["model"].items())  # ... not the last epoch's
+
+
+def test_batches_yield_every_example_exactly_once():
+    examples = [([j] * (2 + j * 7 % 11), [True] * (1 + j * 7 % 11)) for j in range(237)]  # 11 lengths
+    for shuffle in (False, True):
+        got = list(finetune.batches(examples, 2, shuffle, random.Random(3)))
+        assert sorted(ids[0] for batch in got for ids, _ in batch) == list(range(237))
+        assert sorted(len(b) for b in got) == [1] + [2] * 118  # only one batch is short
+    # shuffled: another order for another seed, the same for the same; batches of similar lengths
+    order = lambda seed: [ids[0] for b in finetune.batches(examples, 2, True, random.Random(seed)) for ids, _ in b]
+    assert order(3) == order(3) != order(4)
+    unshuffled = [ids for b in finetune.batches(examples, 2, False, None) for ids, _ in b]
+    assert [len(ids) for ids in unshuffled[:100]] == sorted(len(ids) for ids, _ in examples[:100])  # a window: 50 batches
