@@ -1,10 +1,9 @@
 """Bad input and faults, as a new user would meet them: every script answers a bad input with one
 'error: ...' line and exit code 2, before any work and without changing a file; checkpoints are
 loaded with weights_only=True; a diverging run stops without overwriting its last checkpoint;
-a user's --data_dir is never written; a killed and resumed run logs every iteration exactly once."""
+a user's --data_dir is never written. Resuming is tests/test_resume.py."""
 import hashlib
 import importlib
-import json
 import os
 import shutil
 from pathlib import Path
@@ -14,7 +13,6 @@ import torch
 
 from common import run_cli, UsageError
 from checkpoint import load_checkpoint, save_checkpoint
-from pretrain import cosine_lr
 from tests.conftest import ROOT, run_pretrain
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -202,54 +200,6 @@ def test_user_data_dir_is_never_written(tmp_path, shakespeare_dir):
         run_pretrain(tmp_path / "run", user, "--max_iters=1")
     assert snapshot(user) == before
     assert not (tmp_path / "run").exists()
-
-
-def iters(log):
-    return [json.loads(line)["iter"] for line in log.read_text().splitlines()]
-
-
-def test_log_after_kill_and_resume_holds_each_iteration_once(tmp_path, shakespeare_dir, monkeypatch):
-    import pretrain
-    common = ["--max_iters=8", "--eval_interval=3"]
-
-    class Killed(BaseException):
-        pass
-
-    saves = []
-
-    def save_then_die(obj, path):  # a kill right after the second checkpoint was written
-        save_checkpoint(obj, path)
-        saves.append(obj["iter_num"])
-        if len(saves) == 2:
-            raise Killed
-    monkeypatch.setattr(pretrain, "save_checkpoint", save_then_die)
-    (tmp_path / "log.jsonl").write_text(json.dumps(dict(iter=1, loss=99.0)) + "\n")  # a failed run, no checkpoint
-    with pytest.raises(Killed):
-        run_pretrain(tmp_path, shakespeare_dir, *common)
-    monkeypatch.undo()
-    assert iters(tmp_path / "log.jsonl") == list(range(1, 7))  # the saved iteration 6 has its line
-    # a kill later on: lines past the checkpoint, a torn last line and a half-written checkpoint
-    with open(tmp_path / "log.jsonl", "a") as f:
-        f.write(json.dumps(dict(iter=7, loss=1.0)) + "\n" + '{"iter": 8, "lo')
-    (tmp_path / "ckpt.pt.tmp").write_bytes(b"partial")
-    run_pretrain(tmp_path, shakespeare_dir, "--init_from=resume")
-    assert iters(tmp_path / "log.jsonl") == list(range(1, 9))
-    assert not (tmp_path / "ckpt.pt.tmp").exists()
-
-
-def test_resume_keeps_the_schedule_when_extending_and_says_when_finished(tmp_path, shakespeare_dir, capsys):
-    run_pretrain(tmp_path, shakespeare_dir, "--max_iters=4", "--eval_interval=4", "--warmup_iters=1")
-    run_pretrain(tmp_path, shakespeare_dir, "--init_from=resume", "--max_iters=6")
-    assert "extending the run from 4 to 6 iterations" in capsys.readouterr().out
-    records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
-    floor = cosine_lr(4, 1e-3, 1, 4)  # the original schedule: decayed to its floor at iteration 4
-    assert [r["iter"] for r in records] == list(range(1, 7))
-    assert records[4]["lr"] == records[5]["lr"] == pytest.approx(floor)
-    assert torch.load(tmp_path / "ckpt.pt", weights_only=True)["config"]["lr_decay_iters"] == 4
-    log = (tmp_path / "log.jsonl").read_bytes()
-    run_pretrain(tmp_path, shakespeare_dir, "--init_from=resume")
-    assert "finished at iteration 6" in capsys.readouterr().out
-    assert (tmp_path / "log.jsonl").read_bytes() == log
 
 
 def test_finetune_divergence_stops_without_saving(tmp_path, tiny_ckpt, capsys):

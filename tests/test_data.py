@@ -72,6 +72,7 @@ def test_bad_inputs_raise_usage_errors_and_keep_old_bins(tmp_path):
     assert (out / "train.bin").read_bytes() == before  # a failed run never replaces good files
 
 
+@pytest.mark.slow
 def test_several_shards_tokenize_in_parallel_and_read_back_as_one_sequence(tmp_path):
     files = []
     for k in range(3):

@@ -1,11 +1,10 @@
-"""Beam search on models with known outputs, no-repeat n-grams, dense vs sparse fine-tuning,
-tiny end-to-end runs (E2E, summarization), --eval_only, and one-line CLI errors."""
-import itertools
+"""Dense vs sparse fine-tuning, tiny end-to-end runs (E2E, summarization), --eval_only, and one-line
+CLI errors. Beam search is tests/test_decode.py."""
 import json
 import math
+import random
 import subprocess
 import sys
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -13,106 +12,12 @@ import torch
 import finetune
 from common import UsageError
 from checkpoint import load_checkpoint
-from decode import banned_tokens, beam_search
-from model import GPT, GPTConfig
+from data.tasks import load_groups
+from flops import train_flops
+from model import GPTConfig
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-class TableLM(torch.nn.Module):
-    """A 'language model' whose next-token log-probs are a fixed function of the whole sequence,
-    read back from its KV cache, so that a wrong cache reorder changes the results."""
-
-    def __init__(self, fn, vocab, block_size=32):
-        super().__init__()
-        self.fn, self.vocab = fn, vocab
-        self.config = SimpleNamespace(block_size=block_size, n_layer=1)
-        self.dummy = torch.nn.Parameter(torch.zeros(1))
-
-    def new_kv_caches(self):
-        return [[None, None]]
-
-    def forward(self, idx, kv_caches=None, pos_offset=0):
-        cache = kv_caches[0]
-        seq = idx if cache[0] is None else torch.cat([cache[0], idx], dim=1)
-        assert seq.size(1) == pos_offset + idx.size(1)
-        cache[0], cache[1] = seq, seq
-        logits = torch.stack([torch.tensor(self.fn(tuple(row)), dtype=torch.float) for row in seq.tolist()])
-        return logits[:, None, :].expand(-1, idx.size(1), -1), None
-
-
-def random_table(vocab, seed):
-    """log-probs as a deterministic pseudo-random function of the sequence."""
-    def fn(seq):
-        g = torch.Generator().manual_seed(hash((seed,) + seq) % (2 ** 31))
-        return torch.log_softmax(3 * torch.randn(vocab, generator=g), -1).tolist()
-    return fn
-
-
-def brute_force_best(fn, prompt, vocab, eos, max_new, lp):
-    """Best score/len**lp over every EOS-terminated or max-length continuation."""
-    best, best_seq = -math.inf, None
-    for n in range(1, max_new + 1):
-        for seq in itertools.product(range(vocab), repeat=n):
-            if eos in seq[:-1] or (n < max_new and seq[-1] != eos):
-                continue
-            s = sum(fn(tuple(prompt) + seq[:i])[t] for i, t in enumerate(seq))
-            if s / n ** lp > best:
-                best, best_seq = s / n ** lp, [t for t in seq if t != eos]
-    return best_seq
-
-
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_beam_search_finds_the_highest_scoring_hypothesis(seed):
-    vocab, eos, max_new = 4, 3, 3
-    fn = random_table(vocab, seed)
-    model = TableLM(fn, vocab)
-    prompts = [[0, 1], [2, 2], [1, 0]]
-    # beam 27 >= every live path of depth 3 (3^3): exhaustive, so it must equal brute force
-    got = beam_search(model, prompts, beam_size=27, max_new_tokens=max_new, length_penalty=0.0,
-                      no_repeat_ngram=0, eos=eos)
-    assert got == [brute_force_best(fn, p, vocab, eos, max_new, 0.0) for p in prompts]
-    # batching never changes an input's result
-    assert [beam_search(model, [p], 27, max_new, 0.0, 0, eos)[0] for p in prompts] == got
-
-
-def test_beam_beats_greedy_and_length_penalty():
-    # from the prompt: A (token 0) p=.5, B (1) p=.4, EOS (3) p=.1; after A: EOS .3, A .7; after B: EOS .9
-    def fn(seq):
-        gen = seq[1:]
-        probs = {(): [.5, .4, 1e-9, .1], (0,): [.7, 1e-9, 1e-9, .3], (1,): [.05, .05, 1e-9, .9]}.get(
-            gen, [.97, 1e-9, 1e-9, .03])
-        return [math.log(p) for p in probs]
-    model = TableLM(fn, 4)
-    assert beam_search(model, [[2]], beam_size=1, max_new_tokens=2, no_repeat_ngram=0, eos=3) == [[0, 0]]
-    assert beam_search(model, [[2]], beam_size=4, max_new_tokens=3, length_penalty=0.0, no_repeat_ngram=0,
-                       eos=3) == [[1]]  # B EOS: .36 beats A EOS .15 and A A ...
-
-
-def test_no_repeat_ngram():
-    assert sorted(banned_tokens([5, 6, 7, 5, 6], 3)) == [7]
-    assert banned_tokens([5, 6, 7], 4) == []
-    assert sorted(banned_tokens([1, 2, 1], 1)) == [1, 1, 2]
-    # a model that always wants token 1: with no repeated bigram it must vary
-    model = TableLM(lambda seq: [0.0, 5.0, 1.0, 0.5, -9.0], 5)
-    out = beam_search(model, [[0]], beam_size=3, max_new_tokens=12, no_repeat_ngram=2, eos=4)[0]
-    bigrams = list(zip(out, out[1:]))
-    assert len(out) >= 6 and len(bigrams) == len(set(bigrams))
-    assert beam_search(model, [[0]], 3, 12, no_repeat_ngram=0, eos=4)[0] == [1] * 12  # without the rule
-
-
-def test_greedy_matches_model_generate_with_real_gpt():
-    torch.manual_seed(0)
-    model = GPT(GPTConfig(block_size=32, vocab_size=64, n_layer=2, n_head=2, n_embd=16)).eval()
-    prompts = [[5, 9, 2, 7], [1, 1, 3, 60], [40, 41, 42, 43]]
-    got = beam_search(model, prompts, beam_size=1, max_new_tokens=10, no_repeat_ngram=0, eos=63)
-    for p, g in zip(prompts, got):
-        ref = model.generate(torch.tensor([p]), 10, temperature=0)[0, len(p):].tolist()
-        ref = ref[:ref.index(63)] if 63 in ref else ref
-        assert g == ref
-    wide = beam_search(model, prompts, beam_size=4, max_new_tokens=10, no_repeat_ngram=3, eos=63)
-    assert len(wide) == 3 and all(isinstance(t, int) for w in wide for t in w)
 
 
 def run_ft(out, ckpt, *args):
@@ -129,11 +34,23 @@ def masked_values(model_state, masks):
 def test_dense_vs_sparse_finetuning_end_to_end(tiny_ckpt, tmp_path, monkeypatch):
     import metrics
     monkeypatch.setattr(metrics.shutil, "which", lambda name: None)  # no JVM start-ups (test_metrics runs METEOR)
+    shapes = []  # (sequences, padded length) of every training batch
+    real_batches = finetune.batches
+
+    def spy(examples, batch_size, shuffle, rng):
+        for batch in real_batches(examples, batch_size, shuffle, rng):
+            if shuffle:  # training; validation batches come unshuffled
+                shapes.append((len(batch), max(len(ids) for ids, _ in batch) - 1))
+            yield batch
+    monkeypatch.setattr(finetune, "batches", spy)
     pre = load_checkpoint(tiny_ckpt)
     masks = pre["masks"]
     assert masks and not masked_values(pre["model"], masks).any()  # 75% sparse pre-training
+    mcfg = GPTConfig(**pre["model_config"])
     dense = run_ft(tmp_path / "dense", tiny_ckpt, "--task=e2e")
+    dense_shapes, shapes[:] = list(shapes), []
     sparse = run_ft(tmp_path / "sparse", tiny_ckpt, "--task=e2e", "--sparse=True")
+    assert dense_shapes == shapes and len(shapes) == 2  # the same 2 batches of 8 (16 examples, 1 epoch)
     d, s = load_checkpoint(tmp_path / "dense"), load_checkpoint(tmp_path / "sparse")
     assert d["masks"] == {} and set(s["masks"]) == set(masks)
     assert (masked_values(d["model"], masks) != 0).float().mean() > 0.5  # pruned weights learned
@@ -142,11 +59,15 @@ def test_dense_vs_sparse_finetuning_end_to_end(tiny_ckpt, tmp_path, monkeypatch)
         assert m["task"] == "e2e" and m["n_examples"] == 3 and m["pretrain_sparsity"] == 0.75
         assert {"bleu", "nist", "rouge_l_approx", "cider_approx", "meteor_missing"} <= set(m)
     assert dense["sparse_finetune"] is False and sparse["sparse_finetune"] is True
-    assert 0 < sparse["flops"] < dense["flops"]  # sparse matrices cost less per step
+    # every step costs the exact training FLOPs of its batch at its padded length; sparse matrices cost less
+    exact = lambda s: sum(n * train_flops(mcfg, T, s, mcfg.vocab_size) for n, T in shapes)
+    assert dense["flops"] == exact(0.0) and sparse["flops"] == exact(0.75) and sparse["flops"] < dense["flops"]
     preds = (tmp_path / "dense" / "predictions.txt").read_text().split("\n")
     assert len(preds) == 4 and preds[-1] == ""  # 3 lines
-    ref_blocks = (tmp_path / "dense" / "references.txt").read_text().strip().split("\n\n")
-    assert len(ref_blocks) == 3 and all(len(b.split("\n")) >= 1 for b in ref_blocks)
+    # one block of reference lines per scored input: 3 of the test split's groups, in the split's order
+    ref_blocks = [b.split("\n") for b in (tmp_path / "dense" / "references.txt").read_text().strip().split("\n\n")]
+    test_refs = iter(g["refs"] for g in load_groups("e2e", "test")[0])
+    assert len(ref_blocks) == 3 and all(block in test_refs for block in ref_blocks)  # an ordered subsequence
     assert json.loads((tmp_path / "dense" / "metrics.json").read_text())["bleu"] == dense["bleu"]
     # the fine-tuned checkpoint scores again with --eval_only, same model -> same predictions
     again = finetune.main([f"--init_from={tmp_path / 'dense'}", "--eval_only=True", "--task=e2e", "--device=cpu",
@@ -181,3 +102,40 @@ def test_cli_errors(tiny_ckpt, tmp_path):
         finetune.main([f"--init_from={corrupt}", f"--out_dir={tmp_path / 'b'}"])
     with pytest.raises(UsageError, match="beam_size"):
         finetune.main([f"--init_from={tiny_ckpt}", "--beam_size=0"])
+
+
+def test_early_stopping_after_patience_bad_epochs_saves_the_best_epochs_model(tiny_ckpt, tmp_path, monkeypatch, capsys):
+    data = tmp_path / "news.jsonl"
+    data.write_text("\n".join(json.dumps({"article": f"Company {i} reported revenue of {i} million dollars.",
+                                          "summary": f"Revenue {i}m."}) for i in range(30)))
+    script = [3.0, 2.0, 2.5, 2.4, 1.0]  # validation losses: best at epoch 2, then 2 epochs without a better one
+    states, real_evaluate = [], finetune.evaluate_loss
+
+    def scripted(model, examples, batch_size, device, prompt=None):
+        if (tmp_path / "ft" / "ckpt.pt").exists():  # saved: the test split's perplexity
+            return real_evaluate(model, examples, batch_size, device, prompt)
+        states.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        return script[len(states) - 1]
+    monkeypatch.setattr(finetune, "evaluate_loss", scripted)
+    m = run_ft(tmp_path / "ft", tiny_ckpt, "--task=summarization", f"--data={data}", "--max_examples=8",
+               "--batch_size=4", "--max_epochs=5", "--patience=2", "--warmup_iters=0")
+    assert "early stopping: validation loss has not improved for 2 epoch(s)" in capsys.readouterr().out
+    assert len(states) == 4 and m["epochs"] == 4 and m["train_steps"] == 8  # epoch 5 never ran
+    ckpt = load_checkpoint(tmp_path / "ft")
+    assert [h["val_loss"] for h in ckpt["finetune"]["history"]] == script[:4] and ckpt["best_val_loss"] == 2.0
+    assert m["best_val_loss"] == 2.0
+    assert all(torch.equal(v, states[1][k]) for k, v in ckpt["model"].items())  # epoch 2's weights ...
+    assert not all(torch.equal(v, states[3][k]) for k, v in ckpt["model"].items())  # ... not the last epoch's
+
+
+def test_batches_yield_every_example_exactly_once():
+    examples = [([j] * (2 + j * 7 % 11), [True] * (1 + j * 7 % 11)) for j in range(237)]  # 11 lengths
+    for shuffle in (False, True):
+        got = list(finetune.batches(examples, 2, shuffle, random.Random(3)))
+        assert sorted(ids[0] for batch in got for ids, _ in batch) == list(range(237))
+        assert sorted(len(b) for b in got) == [1] + [2] * 118  # only one batch is short
+    # shuffled: another order for another seed, the same for the same; batches of similar lengths
+    order = lambda seed: [ids[0] for b in finetune.batches(examples, 2, True, random.Random(seed)) for ids, _ in b]
+    assert order(3) == order(3) != order(4)
+    unshuffled = [ids for b in finetune.batches(examples, 2, False, None) for ids, _ in b]
+    assert [len(ids) for ids in unshuffled[:100]] == sorted(len(ids) for ids, _ in examples[:100])  # a window: 50 batches

@@ -14,6 +14,7 @@ from common import UsageError
 from checkpoint import save_checkpoint
 
 
+@pytest.mark.slow
 def test_dry_run_runs_every_step_and_writes_the_table(tmp_path):
     records = gpu_check.main(["--dry_run=True", f"--out={tmp_path}"])
     assert [r["step"] for r in records] == ["kernel_tests", "pretrain", "fsdp", "bench_small", "finetune", "kernels",
@@ -68,6 +69,7 @@ def test_pack_then_unpack_gives_the_gpu_machine_the_same_tokens_and_the_data_pat
     assert os.environ["PYTHONPATH"] == str((tmp_path / "pack/python.zip").resolve())  # once, however often
 
 
+@pytest.mark.slow
 def test_the_packed_python_packages_import_from_the_zip_in_the_steps_environment(tmp_path, monkeypatch):
     (tmp_path / "pack").mkdir()
     gpu_check.pack(tmp_path / "pack", datasets=())
@@ -95,6 +97,7 @@ def test_a_step_the_budget_cannot_fit_is_skipped_and_said_so(tmp_path):
     assert "| kernels | skipped (budget spent) |" in (tmp_path / "README.md").read_text()
 
 
+@pytest.mark.slow
 def test_a_reproduction_cut_short_by_the_budget_still_leaves_its_tables_and_logs(tmp_path):
     records = gpu_check.main(["--dry_run=True", f"--out={tmp_path}", "--steps=reproduce", "--budget_s=4"])  # 20 s here
     assert records[0]["status"].startswith("timed out")

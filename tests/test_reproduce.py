@@ -83,6 +83,7 @@ def test_bad_grid_arguments_are_usage_errors(arg, tmp_path):
         reproduce.main([arg, f"--results={tmp_path}"])
 
 
+@pytest.mark.slow
 def test_parallel_runs_log_to_their_folders_and_a_failed_one_is_named(tmp_path):
     bad = ["--sparsity=2", f"--out_dir={tmp_path / 'a'}"]
     good = ["--model=tiny", "--dataset=shakespeare", "--max_iters=1", "--batch_size=2", "--block_size=32",

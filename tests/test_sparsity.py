@@ -8,6 +8,8 @@ import sparsity as sp
 from model import GPT, PRESETS, GPTConfig
 from tests.conftest import ROOT
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 SMALL = GPTConfig(block_size=16, vocab_size=64, n_layer=2, n_head=2, n_embd=32)
 
 
@@ -64,15 +66,50 @@ def test_masked_weights_stay_zero_through_50_adamw_steps_with_weight_decay():
     for _ in range(50):
         x = torch.randint(0, 64, (4, 16))
         m(x, x)[1].backward()
-        sp.mask_grads(m, masks)
-        opt.step()
-        sp.apply_masks(m, masks)
-        opt.zero_grad()
+        sp.optimizer_step(opt, m, masks, grad_clip=1.0)  # the step every training loop takes
     assert sp.check_masked(m, masks)
     for n, mask in masks.items():
         state = opt.state[params[n]]
         assert not state["exp_avg"][~mask].any() and not state["exp_avg_sq"][~mask].any()
         assert not torch.equal(params[n][mask], before[n][mask])  # the kept weights did train
+
+
+def sgd_step(grad_clip, seed=0):
+    """One sp.optimizer_step of plain SGD (lr 1: a weight moves by minus its clipped gradient) on a
+    50 % sparse model, its gradients scaled up so that a clip to 1 matters. Returns the step's result,
+    the masked gradients it started from, each parameter's move, and the model."""
+    torch.manual_seed(seed)
+    m = GPT(SMALL)
+    masks = sp.make_masks(m, 0.5, seed=seed)
+    sp.apply_masks(m, masks)
+    x = torch.randint(0, 64, (4, 16))
+    (100 * m(x, x)[1]).backward()
+    params = dict(m.named_parameters())
+    grads = {n: p.grad * masks[n] if n in masks else p.grad.clone() for n, p in params.items()}
+    before = {n: p.detach().clone() for n, p in params.items()}
+    norm = sp.optimizer_step(torch.optim.SGD(m.parameters(), lr=1.0), m, masks, grad_clip)
+    moves = {n: before[n] - p.detach() for n, p in params.items()}
+    return norm, grads, moves, m
+
+
+def test_optimizer_step_returns_the_pre_clip_norm_of_the_masked_gradients_and_clips_to_grad_clip():
+    norm, grads, moves, m = sgd_step(grad_clip=1.0)
+    expect = torch.cat([g.flatten() for g in grads.values()]).norm()
+    assert float(norm) == pytest.approx(float(expect), rel=1e-5) and expect > 10  # before the clip
+    scale = 1.0 / (float(expect) + 1e-6)  # torch's clip_grad_norm_ coefficient
+    for n, g in grads.items():
+        torch.testing.assert_close(moves[n], g * scale, rtol=1e-4, atol=1e-7)
+    assert torch.cat([d.flatten() for d in moves.values()]).norm() == pytest.approx(1.0, rel=1e-4)
+    assert all(p.grad is None for p in m.parameters())  # gradients zeroed for the next step
+
+
+@pytest.mark.parametrize("grad_clip", [0.0, -1.0])
+def test_optimizer_step_with_grad_clip_zero_or_below_clips_nothing(grad_clip):
+    norm, grads, moves, _ = sgd_step(grad_clip)
+    assert float(norm) == pytest.approx(float(torch.cat([g.flatten() for g in grads.values()]).norm()), rel=1e-5)
+    assert norm > 10  # a clip to any limit at or below 1 would have shrunk these moves
+    for n, g in grads.items():
+        torch.testing.assert_close(moves[n], g, rtol=1e-4, atol=1e-6)
 
 
 def test_optimizer_state_is_cleared_when_masks_are_installed_late():
