@@ -75,6 +75,7 @@ def test_csr_matmul_many_tokens(ext, m, k, n):
         torch.testing.assert_close(y, x @ w.t() + b, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow  # builds the C++ kernel (ninja) on a fresh machine
 def test_csr_matmul_large_pattern_is_reordered_by_every_thread(ext):
     # 4.3M nonzeros: enough work that the per-call reordering of the nonzeros runs in parallel
     w = masked(4200, 4100, 0.25)
@@ -82,6 +83,7 @@ def test_csr_matmul_large_pattern_is_reordered_by_every_thread(ext):
     torch.testing.assert_close(sparse_kernels.csr_matmul(to_csr(w), x), x @ w.t(), rtol=1e-4, atol=1e-3)
 
 
+@pytest.mark.slow  # builds the C++ kernel (ninja) on a fresh machine
 def test_sparse_linear_keeps_its_kernel_plan_and_renews_it_when_the_pattern_changes(ext):
     w = masked(96, 200, 0.3, empty_rows=(5,))
     x = torch.randn(256, 200)

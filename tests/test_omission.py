@@ -91,6 +91,7 @@ def test_ladder_schedule():
         omission.parse_schedule("1,0.5")  # must end dense
 
 
+@pytest.mark.slow  # trains end to end
 def test_pretrain_with_omission(tmp_path, shakespeare_dir):
     run_pretrain(tmp_path / "d", shakespeare_dir, "--max_iters=4", "--eval_interval=4")
     run_pretrain(tmp_path / "o", shakespeare_dir, "--max_iters=4", "--eval_interval=4", "--omit_rate=0.5",

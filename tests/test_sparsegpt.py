@@ -98,6 +98,7 @@ def test_prune_gpt_block_by_block():
     assert sp.check_masked(model, masks)
 
 
+@pytest.mark.slow  # trains end to end twice
 def test_pretrain_sparsegpt_from_dense_checkpoint(tmp_path, shakespeare_dir):
     run_pretrain(tmp_path / "dense", shakespeare_dir, "--max_iters=2", "--eval_interval=2")
     dense = load_checkpoint(tmp_path / "dense")
