@@ -27,9 +27,10 @@ from tqdm import tqdm
 import omission
 import parallel
 import sparsity as sp
-from common import (ADAMW, autocast, check, check_finite, check_pretrain_checkpoint, check_scratch_out_dir,
-                    check_writable_dir, configure_optimizer, cosine_lr, load_model, parse_config,
-                    peak_flops, pick_device, prepare_run_dir, resume_schedule, run_cli, save_checkpoint, trim_log)
+from common import (ADAMW, append_line, autocast, check, check_finite, check_memory, check_pretrain_checkpoint,
+                    check_scratch_out_dir, check_writable_dir, configure_optimizer, cosine_lr, file_stamp,
+                    load_model, lock_output, parse_config, peak_flops, pick_device, prepare_run_dir,
+                    release_outputs, resume_schedule, run_cli, save_checkpoint, trim_log)
 from data.prepare import DATASETS, ensure_prepared, load_tokens
 from flops import densify_iter, forward_flops, train_flops
 from hf import HUB_NAMES
@@ -128,6 +129,7 @@ def main(argv):
     validate(cfg)
     check_writable_dir(cfg["out_dir"])
     ckpt = None
+    seen = file_stamp(os.path.join(cfg["out_dir"], "ckpt.pt"))  # what this run starts from: none, or the one it resumes
     if cfg["init_from"] != "resume":
         check_scratch_out_dir(cfg["out_dir"])  # a new run never writes over another run's checkpoint
     else:  # the run's own checkpoint: config, weights, masks, optimizer, RNGs
@@ -176,6 +178,9 @@ def main(argv):
     if not masks and cfg["sparsity"] > 0:
         masks = sp.make_masks(model, cfg["sparsity"], cfg["mask_method"], cfg["seed"])  # SPDF: fixed for the run
     mcfg, block_size = model.config, model.config.block_size
+    check_memory(model, device, cfg["batch_size"], block_size, show=master, checkpointing=cfg["activation_checkpointing"],
+                 shards=world if cfg["fsdp"] else 1, ddp=world > 1 and not cfg["fsdp"],
+                 hint="lower --batch_size and raise --gradient_accumulation_steps (the same tokens per step)")
     model.to(device)
     masks = sp.masks_to(masks, device)
     sp.apply_masks(model, masks)  # SPDF: pruned weights are exactly 0 from the start
@@ -218,6 +223,7 @@ def main(argv):
     decay_iters = cfg["lr_decay_iters"] or cfg["max_iters"]
     dense_from = densify_iter(cfg["densify_at"], cfg["max_iters"])  # Variable SPDF's switch, or None
     if master:
+        lock_output(cfg["out_dir"], unchanged=[(os.path.join(cfg["out_dir"], "ckpt.pt"), seen)])  # the folder is this run's
         prepare_run_dir(cfg["out_dir"])
         print(f"{cfg['model']}: {raw_model.num_params():,} parameters, {world} process(es)"
               f"{' (FSDP)' if cfg['fsdp'] else ''} on {device}, {tokens_per_iter:,} tokens per step")
@@ -229,8 +235,7 @@ def main(argv):
 
     def log(record):
         if master:
-            with open(log_path, "a") as f:
-                f.write(json.dumps(record) + "\n")
+            append_line(log_path, json.dumps(record))
 
     bar = tqdm(total=cfg["max_iters"], initial=iter_num, disable=not master, dynamic_ncols=True)
     t0 = time.time()
@@ -302,6 +307,7 @@ def main(argv):
     if masks:  # every rank: under FSDP each checks its own shards
         assert sp.check_masked(raw_model, step_masks), "a pruned weight is non-zero"
     parallel.teardown()
+    release_outputs(cfg["out_dir"])
     return cfg
 
 

@@ -45,7 +45,8 @@ from dataclasses import asdict
 import torch
 
 import sparsity as sp
-from common import check, check_output_file, load_model, parse_config, pick_device, run_cli, save_checkpoint
+from common import (check, check_output_file, load_model, lock_output_file, parse_config, pick_device,
+                    release_outputs, run_cli, save_checkpoint)
 from data.prepare import ensure_prepared, load_tokens
 
 
@@ -219,6 +220,7 @@ def main(argv):
     check(dataset, f"{cfg['ckpt']} does not name its pre-training dataset: pass --dataset=NAME")
     data_dir = cfg["data_dir"] or saved.get("data_dir") or None
     ensure_prepared(dataset, data_dir)
+    lock = lock_output_file(cfg["out"]) if cfg["out"] else None  # --out is this run's until it is written
     model.to(cfg["device"]).eval()
     T = model.config.block_size
     val = calibration_batches(load_tokens(dataset, "val", data_dir), cfg["eval_batches"] * cfg["batch_size"],
@@ -249,6 +251,7 @@ def main(argv):
         save_checkpoint(dict(model={k: v.cpu() for k, v in model.state_dict().items()}, masks=masks,
                              model_config=asdict(model.config), config=config), cfg["out"])
         print(f"wrote {cfg['out']}: the pruned weights and their masks")
+        release_outputs(*lock)
     return dict(rows)
 
 
