@@ -34,6 +34,7 @@ def run_cli(main, argv=None):
     try:
         main(sys.argv[1:] if argv is None else list(argv))
     except UsageError as e:
+        close_progress_bars()
         print("error: " + " ".join(str(e).split()), file=sys.stderr)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
@@ -427,6 +428,14 @@ _OWNED = {}  # lock file -> its open descriptor: the outputs this process owns u
 WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG, errno.EIO}
 
 
+def close_progress_bars():
+    """End the lines of open tqdm bars, so that an error after them starts a line of its own (and no
+    bar redraws itself below it at exit)."""
+    tqdm = sys.modules.get("tqdm")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", ())):
+        bar.close()
+
+
 def file_stamp(path):
     """(size, inode, mtime) of a file, or None when there is none: whether another process wrote it
     between two looks."""
@@ -538,7 +547,7 @@ def write_output(path, text):
 
 
 def _gb(n):
-    return f"{n / 1e9:.2f} GB" if n < 1e12 else f"{n / 1e12:.1f} TB"
+    return f"{n / 1e6:.0f} MB" if n < 1e9 else f"{n / 1e9:.1f} GB" if n < 1e12 else f"{n / 1e12:.1f} TB"
 
 
 def train_memory(config, batch_size, seq_len, n_params, n_trainable=None, logit_rows=None,
