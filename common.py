@@ -460,31 +460,51 @@ def lock_output(folder, name=".lock", what=None, unchanged=()):
         return
     lock = Path(os.path.abspath(folder)) / name
     if lock not in _OWNED:
-        lock.parent.mkdir(parents=True, exist_ok=True)
-        while True:
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                pid = os.read(fd, 32).decode(errors="replace").strip() or "?"
-                os.close(fd)
-                raise UsageError(f"{what or folder} is in use by another run (pid {pid}); wait for it to "
-                                 "finish or choose another output") from None
-            except OSError as e:  # a filesystem without flock (some network mounts): run unguarded
-                os.close(fd)
-                print(f"warning: cannot lock {lock} ({os.strerror(e.errno)}); concurrent runs are not detected")
-                return
-            if file_stamp(lock) is not None and os.fstat(fd).st_ino == os.stat(lock).st_ino:
-                break
-            os.close(fd)  # the owner removed this file as it finished: lock the one now there
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        try:
+            lock.parent.mkdir(parents=True, exist_ok=True)
+            fd = _flock(fcntl, lock, what or folder)
+        except OSError as e:  # a full or read-only disk already at the lock file
+            raise_write_error(e, lock)
+            raise
+        if fd is None:
+            return
         _OWNED[lock] = fd
     for path, seen in unchanged:
         if file_stamp(path) != seen:
             release_outputs(folder, name)
             raise UsageError(f"{path} was written by another run while this one was starting: continue "
                              "that run (--init_from=resume) or choose another output")
+
+
+def _flock(fcntl, lock, what):
+    """The descriptor of `lock`, exclusively flocked, this pid written in it; None where the
+    filesystem cannot lock (some network mounts: then runs there are not guarded)."""
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = os.read(fd, 32).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise UsageError(f"{what} is in use by another run (pid {pid}); wait for it to finish or choose "
+                             "another output") from None
+        except OSError as e:
+            os.close(fd)
+            if e.errno in WRITE_ERRNOS:
+                raise
+            print(f"warning: cannot lock {lock} ({os.strerror(e.errno)}); concurrent runs are not detected")
+            return None
+        if file_stamp(lock) is not None and os.fstat(fd).st_ino == os.stat(lock).st_ino:
+            break
+        os.close(fd)  # its owner removed this file as it finished: lock the one now there
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+    except OSError:
+        lock.unlink(missing_ok=True)
+        os.close(fd)
+        raise
+    return fd
 
 
 def lock_output_file(path, flag="--out"):
@@ -610,7 +630,8 @@ def check_memory(model, device, batch_size, seq_len, hint, show=True, **estimate
               + ("" if avail is None else f"; {_gb(avail)} available on {device}"))
     if avail is not None:
         check(shared * need - loaded <= 0.9 * avail,
-              f"--batch_size={batch_size} needs about {_gb(shared * need)} of memory at its peak ({detail}"
+              f"batches of {batch_size} x {seq_len} tokens need about {_gb(shared * need)} of memory at the peak "
+              f"of a step ({detail}"
               + (f"; x{shared} processes" if shared > 1 else "")
               + f"), more than the {_gb(avail)} available on {device}: {hint}")
     return need

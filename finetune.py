@@ -276,8 +276,9 @@ def main(argv):
         train = [encode_example(enc, e["context"], e["completion"], block) for e in train]
         val = [encode_example(enc, e["context"], e["completion"], block) for e in val]
         print(f"{len(train):,} training and {len(val):,} validation examples")
-        check_memory(model, device, cfg["batch_size"], n_prompt + max(len(ids) - 1 for ids, _ in train + val),
-                     "lower --batch_size", logit_rows=completion_rows(train, val, cfg["batch_size"]),
+        check_memory(model, device, min(cfg["batch_size"], len(train)),
+                     n_prompt + max(len(ids) - 1 for ids, _ in train + val), "lower --batch_size",
+                     logit_rows=completion_rows(train, val, cfg["batch_size"]),
                      n_trainable=0 if cfg["freeze_model"] else model.num_params())  # + the prompt: negligible
         lock_output(out_dir, unchanged=[(out_dir / "ckpt.pt", None)])  # the folder is this run's
         prepare_run_dir(out_dir)

@@ -178,8 +178,9 @@ def main(argv):
     if not masks and cfg["sparsity"] > 0:
         masks = sp.make_masks(model, cfg["sparsity"], cfg["mask_method"], cfg["seed"])  # SPDF: fixed for the run
     mcfg, block_size = model.config, model.config.block_size
-    check_memory(model, device, cfg["batch_size"], block_size, show=master, checkpointing=cfg["activation_checkpointing"],
-                 shards=world if cfg["fsdp"] else 1, ddp=world > 1 and not cfg["fsdp"],
+    check_memory(model, device, cfg["batch_size"], block_size, show=master,
+                 checkpointing=cfg["activation_checkpointing"], shards=world if cfg["fsdp"] else 1,
+                 ddp=world > 1 and not cfg["fsdp"],
                  hint="lower --batch_size and raise --gradient_accumulation_steps (the same tokens per step)")
     model.to(device)
     masks = sp.masks_to(masks, device)
@@ -223,7 +224,7 @@ def main(argv):
     decay_iters = cfg["lr_decay_iters"] or cfg["max_iters"]
     dense_from = densify_iter(cfg["densify_at"], cfg["max_iters"])  # Variable SPDF's switch, or None
     if master:
-        lock_output(cfg["out_dir"], unchanged=[(os.path.join(cfg["out_dir"], "ckpt.pt"), seen)])  # the folder is this run's
+        lock_output(cfg["out_dir"], unchanged=[(os.path.join(cfg["out_dir"], "ckpt.pt"), seen)])  # the run's now
         prepare_run_dir(cfg["out_dir"])
         print(f"{cfg['model']}: {raw_model.num_params():,} parameters, {world} process(es)"
               f"{' (FSDP)' if cfg['fsdp'] else ''} on {device}, {tokens_per_iter:,} tokens per step")

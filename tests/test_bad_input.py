@@ -398,7 +398,7 @@ def test_a_batch_that_cannot_fit_is_refused_before_training(tmp_path, shakespear
                                 "--batch_size=100000"])
     assert exit_info.value.code == 2
     error = one_error_line(capsys.readouterr().err)
-    assert "--batch_size=100000 needs about" in error and "--gradient_accumulation_steps" in error
+    assert "batches of 100000 x 32 tokens need about" in error and "--gradient_accumulation_steps" in error
     assert not (tmp_path / "run").exists()
 
 
