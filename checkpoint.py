@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from common import UsageError, check
+from common import UsageError, check, raise_write_error
 from model import GPT, GPTConfig
 
 
@@ -52,10 +52,12 @@ def save_checkpoint(obj, path):
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     try:
-        torch.save(obj, tmp)
+        with open(tmp, "wb") as f:  # through a Python file: a full disk surfaces as its OSError
+            torch.save(obj, f)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         tmp.unlink(missing_ok=True)  # no half-written leftovers; the previous checkpoint is untouched
+        raise_write_error(e, path, "checkpoint")
         raise
 
 

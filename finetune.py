@@ -28,8 +28,8 @@ from tqdm import tqdm
 import checkpoint
 import sparsity as sp
 from checkpoint import checkpoint_dict, save_checkpoint
-from common import (autocast, check, check_finite, check_writable_dir, parse_config, pick_device, prepare_run_dir,
-                    run_cli)
+from common import (autocast, check, check_finite, check_memory, check_writable_dir, completion_rows, lock_output,
+                    parse_config, pick_device, prepare_run_dir, release_outputs, run_cli, write_output)
 from data.sources import EOT, get_tokenizer
 from data.tasks import NLG_TASKS, TASKS, encode_example, flatten, load_groups
 from decode import decode_groups
@@ -292,6 +292,11 @@ def main(argv):
             print(f"note: {note}")
             run_log["data_note"] = note
         print(f"{len(train):,} training and {len(val):,} validation examples")
+        check_memory(model, device, min(cfg["batch_size"], len(train)),
+                     n_prompt + max(len(ids) - 1 for ids, _ in train + val), "lower --batch_size",
+                     logit_rows=completion_rows(train, val, cfg["batch_size"]),
+                     n_trainable=0 if cfg["freeze_model"] else model.num_params())  # + the prompt: negligible
+        lock_output(out_dir, unchanged=[(out_dir / "ckpt.pt", None)])  # the folder is this run's
         prepare_run_dir(out_dir)
         best_state, best_prompt, log = finetune(cfg, model, masks, train, val, device, pretrain_sparsity, prompt)
         model.load_state_dict(best_state)
@@ -309,6 +314,7 @@ def main(argv):
         print(f"saved the best model (val loss {log['best_val_loss']:.4f}) to {out_dir / 'ckpt.pt'}")
 
     # evaluation on the test split
+    lock_output(out_dir)  # (already ours after training)
     out_dir.mkdir(parents=True, exist_ok=True)
     test_groups, note = load_groups(task, "test", cfg["data"], cfg["seed"])
     if cfg["eval_examples"] and cfg["eval_examples"] < len(test_groups):  # the same subset for every run
@@ -325,9 +331,8 @@ def main(argv):
         hyps = decode_groups(cfg, model, enc, test_groups, device, soft)
         metrics["decode_seconds"] = time.time() - t0
         refs = [g["refs"] for g in test_groups]
-        (out_dir / "predictions.txt").write_text("".join(h + "\n" for h in hyps), encoding="utf-8")
-        (out_dir / "references.txt").write_text("\n".join("".join(r + "\n" for r in rs) for rs in refs),
-                                                encoding="utf-8")
+        write_output(out_dir / "predictions.txt", "".join(h + "\n" for h in hyps))
+        write_output(out_dir / "references.txt", "\n".join("".join(r + "\n" for r in rs) for rs in refs))
         from metrics import nlg_metrics
         metrics.update(nlg_metrics(task, hyps, refs, [g["seen"] for g in test_groups]))
         metrics.update(beam_size=cfg["beam_size"], length_penalty=cfg["length_penalty"],
@@ -341,13 +346,14 @@ def main(argv):
                        best_val_loss=run_log["best_val_loss"])
     if run_log.get("data_note"):
         metrics["data_note"] = run_log["data_note"]
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
+    write_output(out_dir / "metrics.json", json.dumps(metrics, indent=1) + "\n")
     for key in sorted(k for k in metrics if k.endswith("_missing")):
         print(f"warning: no {key[:-len('_missing')]}: {metrics[key]}")
     shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in metrics.items()
              if k in ("bleu", "nist", "meteor", "rouge_l", "cider", "ter", "perplexity", "flops")}
     print(f"{task} test ({len(test_groups)} inputs): {shown}")
     print(f"wrote {out_dir}/metrics.json" + (", predictions.txt, references.txt" if task in NLG_TASKS else ""))
+    release_outputs(out_dir)
     return metrics
 
 

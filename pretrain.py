@@ -29,8 +29,9 @@ import parallel
 import sparsity as sp
 from checkpoint import (build_model, check_pretrain_checkpoint, checkpoint_dict, load_checkpoint, pretrain_sparsity,
                         save_checkpoint)
-from common import (autocast, check, check_finite, check_scratch_out_dir, check_writable_dir, parse_config, peak_flops,
-                    pick_device, prepare_run_dir, run_cli)
+from common import (append_line, autocast, check, check_finite, check_memory, check_scratch_out_dir, check_writable_dir,
+                    file_stamp, lock_output, parse_config, peak_flops, pick_device, prepare_run_dir, release_outputs,
+                    run_cli, write_output)
 from data.prepare import DATASETS, ensure_prepared, load_tokens
 from flops import densify_iter, forward_flops, train_flops
 from hf import HUB_NAMES, load_any
@@ -128,9 +129,7 @@ def trim_log(log_path, iter_num):
             continue
         if isinstance(record, dict) and isinstance(record.get("iter"), int) and record["iter"] <= iter_num:
             kept.append(line + "\n")
-    tmp = log_path.with_name(log_path.name + ".tmp")
-    tmp.write_text("".join(kept), encoding="utf-8")
-    os.replace(tmp, log_path)
+    write_output(log_path, "".join(kept))
 
 
 def validate(cfg):
@@ -185,14 +184,16 @@ def estimate_loss(model, splits, cfg, block_size, device):
 
 
 def resolve_config(argv):
-    """(cfg, overrides, ckpt, finished): the command line over DEFAULTS, or on --init_from=resume over the
-    run's own checkpoint (returned too; None for a new run), whose LR schedule an extended run keeps."""
+    """(cfg, overrides, ckpt, finished, seen): the command line over DEFAULTS, or on --init_from=resume over
+    the run's own checkpoint (returned too; None for a new run), whose LR schedule an extended run keeps;
+    seen: the checkpoint file's stamp at the start, which must hold when the run takes its folder."""
     cfg, overrides = parse_config(DEFAULTS, argv)
     validate(cfg)
     check_writable_dir(cfg["out_dir"])
+    seen = file_stamp(os.path.join(cfg["out_dir"], "ckpt.pt"))  # what this run starts from: none, or the one it resumes
     if cfg["init_from"] != "resume":
         check_scratch_out_dir(cfg["out_dir"])  # a new run never writes over another run's checkpoint
-        return cfg, overrides, None, False
+        return cfg, overrides, None, False, seen
     path = os.path.join(cfg["out_dir"], "ckpt.pt")  # config, weights, masks, optimizer, RNGs
     ckpt = load_checkpoint(path)
     check_pretrain_checkpoint(ckpt, path)
@@ -205,7 +206,7 @@ def resolve_config(argv):
     validate(cfg)
     if note and os.environ.get("RANK", "0") == "0":
         print(note)
-    return cfg, overrides, ckpt, finished
+    return cfg, overrides, ckpt, finished, seen
 
 
 def init_model(cfg, overrides, ckpt):
@@ -253,7 +254,7 @@ def restore_progress(ckpt, rank, device, data_gen):
 
 
 def main(argv):
-    cfg, overrides, ckpt, finished = resolve_config(argv)
+    cfg, overrides, ckpt, finished, seen = resolve_config(argv)
     if finished:
         return cfg
 
@@ -273,6 +274,10 @@ def main(argv):
     if not masks and cfg["sparsity"] > 0:
         masks = sp.make_masks(model, cfg["sparsity"], cfg["mask_method"], cfg["seed"])  # SPDF: fixed for the run
     mcfg, block_size = model.config, model.config.block_size
+    check_memory(model, device, cfg["batch_size"], block_size, show=master,
+                 checkpointing=cfg["activation_checkpointing"], shards=world if cfg["fsdp"] else 1,
+                 ddp=world > 1 and not cfg["fsdp"],
+                 hint="lower --batch_size and raise --gradient_accumulation_steps (the same tokens per step)")
     model.to(device)
     masks = sp.masks_to(masks, device)
     sp.apply_masks(model, masks)  # SPDF: pruned weights are exactly 0 from the start
@@ -301,6 +306,7 @@ def main(argv):
     decay_iters = cfg["lr_decay_iters"] or cfg["max_iters"]
     dense_from = densify_iter(cfg["densify_at"], cfg["max_iters"])  # Variable SPDF's switch, or None
     if master:
+        lock_output(cfg["out_dir"], unchanged=[(os.path.join(cfg["out_dir"], "ckpt.pt"), seen)])  # the run's now
         prepare_run_dir(cfg["out_dir"])
         print(f"{cfg['model']}: {raw_model.num_params():,} parameters, {world} process(es)"
               f"{' (FSDP)' if cfg['fsdp'] else ''} on {device}, {tokens_per_iter:,} tokens per step")
@@ -312,8 +318,7 @@ def main(argv):
 
     def log(record):
         if master:
-            with open(log_path, "a") as f:
-                f.write(json.dumps(record) + "\n")
+            append_line(log_path, json.dumps(record))
 
     bar = tqdm(total=cfg["max_iters"], initial=iter_num, disable=not master, dynamic_ncols=True)
     t0 = time.time()
@@ -383,6 +388,7 @@ def main(argv):
     if masks:  # every rank: under FSDP each checks its own shards
         assert sp.check_masked(raw_model, step_masks), "a pruned weight is non-zero"
     parallel.teardown()
+    release_outputs(cfg["out_dir"])
     return cfg
 
 

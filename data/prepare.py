@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from common import UsageError, check, check_writable_dir, parse_config, run_cli
+from common import (UsageError, check, check_writable_dir, lock_output, parse_config, raise_write_error,
+                    release_outputs, run_cli)
 from data.sources import fetch, get_tokenizer, mirror_file, read_bin
 
 DATA_DIR = Path(os.environ.get("SPDF_DATA_DIR") or Path(__file__).resolve().parent)  # data/<name>/ by default
@@ -128,7 +129,7 @@ def _tokenize(name, files, val_every, out_dir, suffix, batch_docs=256):
         if batch[split]:
             for tokens in enc.encode_ordinary_batch(batch[split], num_threads=os.cpu_count() or 1):
                 arr = np.array(tokens + [eot], dtype=np.uint16)
-                arr.tofile(outs[split])
+                outs[split].write(arr.tobytes())  # not tofile: its errors lose the OS's reason
                 counts[split] += len(arr)
             batch[split] = []
 
@@ -165,6 +166,7 @@ def prepare(name, files=(), val_every=100, out_dir=None, workers=1):
         check(Path(f).is_file(), f"{name}: file not found: {f}")
     check_writable_dir(out_dir or DATA_DIR / name, "--out_dir")
     out_dir = Path(out_dir or DATA_DIR / name)
+    lock_output(out_dir)  # one preparation at a time per folder
     out_dir.mkdir(parents=True, exist_ok=True)
     suffixes = [f"_{k:03d}" for k in range(len(files))] if workers > 1 and len(files) > 1 else [""]
     try:
@@ -177,10 +179,11 @@ def prepare(name, files=(), val_every=100, out_dir=None, workers=1):
             per_shard = [_tokenize(name, files, val_every, out_dir, "")]
         counts = {s: sum(c[s] for c in per_shard) for s in ("train", "val")}
         check(counts["train"] > 0 and counts["val"] > 0, f"{name}: no documents in the train or val split")
-    except BaseException:  # no *.bin.tmp leftovers; the earlier complete files stay
+    except BaseException as e:  # no *.bin.tmp leftovers; the earlier complete files stay
         for split in ("train", "val"):
             for suffix in suffixes:
                 (out_dir / f"{split}{suffix}.bin.tmp").unlink(missing_ok=True)
+        raise_write_error(e, out_dir / "train.bin", "prepared data")
         raise
     for split in ("train", "val"):  # only complete files replace earlier ones
         for old in out_dir.glob(f"{split}*.bin"):
@@ -189,6 +192,7 @@ def prepare(name, files=(), val_every=100, out_dir=None, workers=1):
             os.replace(out_dir / f"{split}{suffix}.bin.tmp", out_dir / f"{split}{suffix}.bin")
     print(f"{name}: {counts['train']:,} train and {counts['val']:,} val tokens in {out_dir}"
           + (f" ({len(suffixes)} shards)" if len(suffixes) > 1 else ""))
+    release_outputs(out_dir)
     return counts
 
 

@@ -45,7 +45,7 @@ import torch
 
 import sparsity as sp
 from checkpoint import checkpoint_dict, save_checkpoint
-from common import check, check_output_file, parse_config, pick_device, run_cli
+from common import check, check_output_file, lock_output_file, parse_config, pick_device, release_outputs, run_cli
 from data.prepare import ensure_prepared, load_tokens
 from hf import load_any
 
@@ -220,6 +220,7 @@ def main(argv):
     check(dataset, f"{cfg['ckpt']} does not name its pre-training dataset: pass --dataset=NAME")
     data_dir = cfg["data_dir"] or saved.get("data_dir") or None
     ensure_prepared(dataset, data_dir)
+    lock = lock_output_file(cfg["out"]) if cfg["out"] else None  # --out is this run's until it is written
     model.to(cfg["device"]).eval()
     T = model.config.block_size
     val = calibration_batches(load_tokens(dataset, "val", data_dir), cfg["eval_batches"] * cfg["batch_size"],
@@ -249,6 +250,7 @@ def main(argv):
                   **{k: cfg[k] for k in ("prune_n", "prune_m", "calib_samples")}, "pruned_from": str(cfg["ckpt"])}
         save_checkpoint(checkpoint_dict(model.state_dict(), model.config, config, masks), cfg["out"])
         print(f"wrote {cfg['out']}: the pruned weights and their masks")
+        release_outputs(*lock)
     return dict(rows)
 
 

@@ -1,19 +1,30 @@
 """Bad input and faults, as a new user would meet them: every script answers a bad input with one
 'error: ...' line and exit code 2, before any work and without changing a file; checkpoints are
 loaded with weights_only=True; a diverging run stops without overwriting its last checkpoint;
-a user's --data_dir is never written. Resuming is tests/test_resume.py."""
+a user's --data_dir is never written; a run owns its output folder while it runs; a full disk and a batch
+that cannot fit are one line. Resuming is tests/test_resume.py."""
+import errno
+import fcntl
 import hashlib
 import importlib
+import io
+import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from common import run_cli, UsageError
+import checkpoint
+import common
 from checkpoint import load_checkpoint, save_checkpoint
-from tests.conftest import ROOT, run_pretrain
+from common import UsageError, append_line, file_stamp, lock_output, release_outputs, run_cli
+from tests.conftest import ROOT, TINY_RUN, run_pretrain
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -211,3 +222,175 @@ def test_finetune_divergence_stops_without_saving(tmp_path, tiny_ckpt, capsys):
     assert exit_info.value.code == 3
     assert "at iteration" in capsys.readouterr().err
     assert not (tmp_path / "ft" / "ckpt.pt").exists()
+
+
+# -----------------------------------------------------------------------------
+# issue 28: two runs into one folder, a full disk, an impossible batch
+
+
+def one_error_line(err):
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and errors[0].startswith("error: ") and "Traceback" not in err, err
+    return errors[0]
+
+
+def iters(log):
+    return [json.loads(line)["iter"] for line in log.read_text().splitlines()]
+
+
+def test_two_scratch_runs_into_one_folder_one_refuses_and_the_log_holds_each_iteration_once(
+        tmp_path, shakespeare_dir, capsys):
+    out = tmp_path / "run"
+    args = [*TINY_RUN, f"--data_dir={shakespeare_dir}", f"--out_dir={out}", "--max_iters=3", "--eval_interval=3"]
+    first = subprocess.Popen([sys.executable, "pretrain.py", *args], cwd=ROOT, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        deadline = time.time() + 120
+        while not ((out / ".lock").exists() and (out / ".lock").read_text().strip()):  # the pid: the lock is held
+            assert first.poll() is None and time.time() < deadline, first.stderr and first.stderr.read()
+            time.sleep(0.01)
+        first.send_signal(signal.SIGSTOP)  # frozen while holding its folder: the second run surely overlaps it
+        import pretrain
+        with pytest.raises(SystemExit) as exit_info:
+            run_cli(pretrain.main, args)
+    finally:
+        first.send_signal(signal.SIGCONT)
+    assert exit_info.value.code == 2
+    assert f"{out} is in use by another run (pid {first.pid})" in one_error_line(capsys.readouterr().err)
+    assert first.wait(timeout=120) == 0, first.stderr.read()
+    assert iters(out / "log.jsonl") == [1, 2, 3]
+    assert torch.load(out / "ckpt.pt", weights_only=True)["iter_num"] == 3
+    assert not (out / ".lock").exists()  # removed by its owner at the end
+
+
+def hold_lock(folder, name=".lock"):
+    """Another process's lock, as flock sees it: a second open file description, pid 4242 inside."""
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / name, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    os.write(fd, b"4242\n")
+    return fd
+
+
+@pytest.mark.parametrize("script", ["data.prepare", "finetune", "sparsegpt"])
+def test_an_output_in_use_is_refused_before_anything_is_written(tmp_path, tiny_ckpt, shakespeare_dir, capsys,
+                                                                script):
+    out = tmp_path / "out"
+    argv, held = {
+        "data.prepare": (["shakespeare", f"--out_dir={out}"], (out, ".lock")),
+        "finetune": ([f"--init_from={tiny_ckpt}", f"--out_dir={out}", "--device=cpu", "--max_examples=4",
+                      "--val_examples=4", "--eval_examples=1", "--beam_size=1"], (out, ".lock")),
+        "sparsegpt": ([f"--ckpt={tiny_ckpt}", f"--data_dir={shakespeare_dir}", f"--out={out}/pruned.pt"],
+                      (out, ".pruned.pt.lock")),
+    }[script]
+    fd = hold_lock(*held)
+    try:
+        before = snapshot(out)
+        with pytest.raises(SystemExit) as exit_info:
+            run_cli(importlib.import_module(script).main, argv)
+        assert exit_info.value.code == 2
+        assert "is in use by another run (pid 4242)" in one_error_line(capsys.readouterr().err)
+        assert snapshot(out) == before
+    finally:
+        os.close(fd)
+
+
+def test_a_checkpoint_written_while_a_run_started_is_never_overwritten(tmp_path):
+    ckpt = tmp_path / "ckpt.pt"
+    seen = file_stamp(ckpt)  # a scratch run looked: no checkpoint yet
+    ckpt.write_bytes(b"the other run's")  # ... and another run, faster, wrote one
+    with pytest.raises(UsageError, match="written by another run while this one was starting"):
+        lock_output(tmp_path, unchanged=[(ckpt, seen)])
+    assert not (tmp_path / ".lock").exists()  # the loser let the folder go
+    lock_output(tmp_path, unchanged=[(ckpt, file_stamp(ckpt))])
+    release_outputs(tmp_path)
+
+
+class FullDisk(io.FileIO):
+    """A file on a disk that fills after `room` bytes: write raises OSError(ENOSPC), as the OS does."""
+    room = 1000
+
+    def write(self, data):
+        if self.tell() + len(memoryview(data).cast("B")) > self.room:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return super().write(data)
+
+
+def test_a_full_disk_while_saving_is_one_line_and_keeps_the_last_checkpoint(tmp_path, tiny_ckpt, shakespeare_dir,
+                                                                            monkeypatch, capsys):
+    shutil.copytree(tiny_ckpt, tmp_path, dirs_exist_ok=True)
+    good = (tmp_path / "ckpt.pt").read_bytes()
+    real_open = open
+    monkeypatch.setattr(checkpoint, "open", lambda path, mode="r", *a, **k: FullDisk(path, mode.replace("b", ""))
+                        if str(path).endswith("ckpt.pt.tmp") else real_open(path, mode, *a, **k), raising=False)
+    import pretrain
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(pretrain.main, [f"--out_dir={tmp_path}", "--init_from=resume", "--max_iters=3", "--eval_interval=3"])
+    assert exit_info.value.code == 2
+    assert one_error_line(capsys.readouterr().err) == \
+        f"error: no space left on device while writing {tmp_path / 'ckpt.pt'}; the last checkpoint is unchanged"
+    assert (tmp_path / "ckpt.pt").read_bytes() == good  # byte-identical
+    assert not (tmp_path / "ckpt.pt.tmp").exists() and not (tmp_path / ".lock").exists()
+
+
+def test_a_log_line_that_does_not_fit_is_cut_back_off(tmp_path, monkeypatch):
+    log = tmp_path / "log.jsonl"
+    log.write_text('{"iter": 1}\n')
+
+    class Torn(FullDisk):  # half the line reaches the disk, then it is full
+        def write(self, data):
+            super().write(data[:len(data) // 2])
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(common, "open", lambda path, mode="r", *a, **k:
+                        io.TextIOWrapper(io.BufferedWriter(Torn(path, "a")), encoding="utf-8"), raising=False)
+    with pytest.raises(UsageError, match=f"no space left on device while writing {log}; log.jsonl is unchanged"):
+        append_line(log, '{"iter": 2, "loss": 3.0}')
+    assert log.read_text() == '{"iter": 1}\n'
+
+
+def test_a_batch_that_cannot_fit_is_refused_before_training(tmp_path, shakespeare_dir, capsys):
+    import pretrain
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(pretrain.main, [*TINY_RUN, f"--data_dir={shakespeare_dir}", f"--out_dir={tmp_path / 'run'}",
+                                "--batch_size=100000"])
+    assert exit_info.value.code == 2
+    error = one_error_line(capsys.readouterr().err)
+    assert "batches of 100000 x 32 tokens need about" in error and "--gradient_accumulation_steps" in error
+    assert not (tmp_path / "run").exists()
+
+
+PEAK = """
+import torch
+from common import ADAMW, configure_optimizer, train_memory
+from model import GPT, preset_config
+torch.set_num_threads(1)
+
+def peak():  # this process's peak RSS (ru_maxrss would include the parent's: it survives exec)
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+
+start, model = peak(), GPT(preset_config("tiny", 128))
+optimizer, peaks, estimates = configure_optimizer(model, dict(learning_rate=1e-3, **ADAMW), "cpu"), [], []
+for batch_size, steps in ((1, 2), (6, 1)):  # from the second step on, AdamW's moments exist
+    for _ in range(steps):
+        x = torch.randint(50257, (batch_size, 128))
+        model(x, x)[1].backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    peaks.append(peak() - start)
+    estimates.append(sum(train_memory(model.config, batch_size, 128, model.num_params()).values()))
+print(*peaks, *estimates)
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="VmHWM: Linux")
+def test_the_memory_estimate_is_within_a_factor_of_the_measured_peak():
+    proc = subprocess.run([sys.executable, "-c", PEAK], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr
+    peak1, peak6, est1, est6 = map(float, proc.stdout.split())
+    # what a larger batch adds (activations, logits) is counted within 1.5x either way
+    assert 1 / 1.5 < (peak6 - peak1) / (est6 - est1) < 1.5
+    # and the whole: never over the measured peak by more than 1.5x (no run that fits is refused), never
+    # under it by more than 2x (the CPU's own code pages, ~0.3 GB here, are not counted)
+    assert peak6 / 2 < est6 < 1.5 * peak6
