@@ -272,7 +272,7 @@ def hold_lock(folder, name=".lock"):
     return fd
 
 
-@pytest.mark.parametrize("script", ["data.prepare", "finetune", "sparsegpt"])
+@pytest.mark.parametrize("script", ["data.prepare", "finetune", "related.sparsegpt"])
 def test_an_output_in_use_is_refused_before_anything_is_written(tmp_path, tiny_ckpt, shakespeare_dir, capsys,
                                                                 script):
     out = tmp_path / "out"
@@ -280,7 +280,7 @@ def test_an_output_in_use_is_refused_before_anything_is_written(tmp_path, tiny_c
         "data.prepare": (["shakespeare", f"--out_dir={out}"], (out, ".lock")),
         "finetune": ([f"--init_from={tiny_ckpt}", f"--out_dir={out}", "--device=cpu", "--max_examples=4",
                       "--val_examples=4", "--eval_examples=1", "--beam_size=1"], (out, ".lock")),
-        "sparsegpt": ([f"--ckpt={tiny_ckpt}", f"--data_dir={shakespeare_dir}", f"--out={out}/pruned.pt"],
+        "related.sparsegpt": ([f"--ckpt={tiny_ckpt}", f"--data_dir={shakespeare_dir}", f"--out={out}/pruned.pt"],
                       (out, ".pruned.pt.lock")),
     }[script]
     fd = hold_lock(*held)
@@ -361,8 +361,8 @@ def test_a_batch_that_cannot_fit_is_refused_before_training(tmp_path, shakespear
 
 PEAK = """
 import torch
-from common import ADAMW, configure_optimizer, train_memory
-from model import GPT, preset_config
+from common import train_memory
+from model import ADAMW, GPT, configure_optimizer, preset_config
 torch.set_num_threads(1)
 
 def peak():  # this process's peak RSS (ru_maxrss would include the parent's: it survives exec)
