@@ -383,14 +383,17 @@ print(*peaks, *estimates)
 """
 
 
+@pytest.mark.slow  # a subprocess
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="VmHWM: Linux")
 def test_the_memory_estimate_is_within_a_factor_of_the_measured_peak():
     proc = subprocess.run([sys.executable, "-c", PEAK], cwd=ROOT, capture_output=True, text=True, timeout=120,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr
     peak1, peak6, est1, est6 = map(float, proc.stdout.split())
-    # what a larger batch adds (activations, logits) is counted within 1.5x either way
-    assert 1 / 1.5 < (peak6 - peak1) / (est6 - est1) < 1.5
+    # what a larger batch adds (activations, logits) is counted within 2.5x either way: the allocator reuses
+    # freed blocks differently from run to run (measured/estimated 0.88-1.13 on an Intel Xeon, 0.59-0.88 on an
+    # AMD EPYC); leaving out the logits, the largest term here, would put it near 10
+    assert 1 / 2.5 < (peak6 - peak1) / (est6 - est1) < 2.5
     # and the whole: never over the measured peak by more than 1.5x (no run that fits is refused), never
     # under it by more than 2x (the CPU's own code pages, ~0.3 GB here, are not counted)
     assert peak6 / 2 < est6 < 1.5 * peak6
