@@ -74,7 +74,8 @@ def summarize(cfg, pre, ft):
                 if not ms:
                     continue
                 row = {k: stats([m.get(k) for m in ms]) for k in
-                       ("best_val_loss", "bleu", "bleu_seen", "bleu_unseen", "nist", "meteor", "rouge_l", "cider", "ter")}
+                       ("best_val_loss", "bleu", "bleu_seen", "bleu_unseen", "nist", "meteor", "rouge_l", "cider", "ter",
+                        "rouge_l_approx", "cider_approx")}
                 row["seeds"] = [seed for seed in seeds if (seed, s, task, sparse_ft) in ft]
                 row["per_seed"] = {seed: [ft[(seed, s, task, sparse_ft)].get(k) for k in ("best_val_loss", "bleu")]
                                    for seed in row["seeds"]}
@@ -129,6 +130,10 @@ def write_tables(cfg, root, summary):
             continue
         extra = ["bleu_seen", "bleu_unseen"] if task == "webnlg" else []
         metric_keys = {"e2e": ["nist", "meteor", "rouge_l", "cider"]}.get(task, ["meteor", "ter"])
+        for k in ("rouge_l", "cider"):  # without Java: the values computed another way, under their own name
+            rows = t["rows"].values()
+            if k in metric_keys and not any(r[k][2] for r in rows) and any(r.get(f"{k}_approx", (0, 0, 0))[2] for r in rows):
+                metric_keys[metric_keys.index(k)] = f"{k}_approx"
         m = t["benefit_val_loss"]
         lines += ["", f"## {task} (seeds {', '.join(map(str, t['seeds']))})", ""]
         if m[0] is not None:
@@ -143,7 +148,7 @@ def write_tables(cfg, root, summary):
                 if not row:
                     continue
                 cols = [",".join(map(str, row["seeds"])), fmt(row["best_val_loss"], 3), fmt(row["bleu"]), *[fmt(row[k]) for k in extra],
-                        *[fmt(row[k], 3 if k in ("meteor", "rouge_l", "ter", "cider") else 2) for k in metric_keys],
+                        *[fmt(row[k], 2 if k == "nist" else 3) for k in metric_keys],
                         fmt(row.get("retained_val_loss", (None,) * 3)), fmt(row.get("retained_bleu", (None,) * 3)),
                         f"{row['flops_finetune'][0]:.3g}" if row["flops_finetune"][0] else "–"]
                 pre_flops = 0.0 if s is NONE else summary["pretrain"][cell_name(s)]["flops"]

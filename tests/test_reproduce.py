@@ -98,3 +98,14 @@ def test_run_false_writes_tables_from_finished_cells_without_running_any(tmp_pat
     assert not (tmp_path / "runs").exists()
     assert "no pre-training (control)" not in (tmp_path / "table.md").read_text()  # no cell finished yet
     assert (tmp_path / "pretrain_loss.png").exists()
+
+
+def test_without_java_the_e2e_table_shows_rouge_l_and_cider_under_their_approx_names(tmp_path):
+    cfg = dict(reproduce.DEFAULTS, sparsities="0", tasks="e2e", control=False, sparse_ft=False, scale="smoke")
+    pre = {(1, 0.0): [dict(iter=1, val_loss=5.0, tokens_seen=10, flops_spent=1.0)]}
+    ft = {(1, 0.0, "e2e", False): dict(best_val_loss=2.0, bleu=30.0, nist=4.0, meteor_missing="no Java",
+                                       rouge_l_approx=0.4567, cider_approx=1.2346, flops=1.0)}
+    report.write_tables(cfg, tmp_path, report.summarize(cfg, pre, ft))
+    table = (tmp_path / "table.md").read_text()
+    assert "rouge_l_approx | cider_approx" in table and "| 0.457 | 1.235 |" in table
+    assert "| rouge_l |" not in table
