@@ -14,7 +14,10 @@ finetune.py adds: pretrain_sparsity, pretrain_config, finetune (its log), iter_n
   soft_prompt (N, n_embd) when it trained one
 experiments/reproduce.py writes the no-pre-training control's initialization with pretrain_sparsity=0
 Every writer builds its dict with checkpoint_dict(); pretrain_sparsity() and is_pretrain() are the readers.
+The last section is pre-training's resume policy: how an extended run keeps its schedule, its log cut back
+to the checkpoint, its RNG states restored.
 """
+import json
 import os
 import pickle
 from dataclasses import asdict
@@ -22,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from common import UsageError, check, raise_write_error
+from common import UsageError, check, raise_write_error, write_output
 from model import GPT, GPTConfig
 
 
@@ -42,8 +45,8 @@ def pretrain_sparsity(ckpt):
 
 
 def is_pretrain(ckpt):
-    """Written by pretrain.py (resumable): it carries the optimizer and the run's counters."""
-    return all(k in ckpt for k in ("optimizer", "iter_num", "tokens_seen", "flops_spent", "rng")) \
+    """Written by pretrain.py (resumable): it carries the optimizer, the run's counters, config and masks."""
+    return all(k in ckpt for k in ("optimizer", "config", "iter_num", "tokens_seen", "flops_spent", "rng", "masks")) \
         and "finetune" not in ckpt
 
 
@@ -119,7 +122,66 @@ def load_model(path, **config):
 
 def check_pretrain_checkpoint(ckpt, path):
     """A checkpoint that --init_from=resume can continue: written by pretrain.py, not finetune.py."""
-    missing = [k for k in ("optimizer", "config", "iter_num", "tokens_seen", "flops_spent", "rng", "masks")
-               if k not in ckpt]
-    check(not missing and isinstance(ckpt["config"], dict) and "model" in ckpt["config"] and is_pretrain(ckpt),
+    check(is_pretrain(ckpt) and isinstance(ckpt["config"], dict) and "model" in ckpt["config"],
           f"{path} is not a pre-training checkpoint (a fine-tuned one?): it cannot be resumed by pretrain.py")
+
+
+# -----------------------------------------------------------------------------
+# resuming a pre-training run: its schedule, its log and its RNG states
+
+
+def resume_schedule(saved, overrides, iter_num):
+    """How a resumed pre-training run continues: (config changes, message or None, finished).
+    The run's LR schedule is kept: when --max_iters changes (an "extend"), a cosine decay that ran
+    over max_iters stays pinned to the old length (then the LR stays at its floor) and a fractional
+    --densify_at stays at its iteration, unless --lr_decay_iters / --densify_at are given too."""
+    old = saved["max_iters"]
+    new = overrides.get("max_iters", old)
+    check(new >= iter_num, f"--max_iters={new} is below the checkpoint's iteration {iter_num}: a run cannot go back")
+    if new == iter_num:
+        return {}, (f"the run finished at iteration {iter_num} (--max_iters={old}): nothing to do; "
+                    f"pass --max_iters=N with N > {iter_num} to extend it"), True
+    if new == old:
+        return {}, None, False
+    changes = {}
+    if "lr_decay_iters" not in overrides and not saved.get("lr_decay_iters"):
+        changes["lr_decay_iters"] = old
+    densify_at = saved.get("densify_at", 0.0)
+    if "densify_at" not in overrides and 0 < densify_at < 1:
+        changes["densify_at"] = float(max(1, round(densify_at * old)))
+    decay = overrides.get("lr_decay_iters") or changes.get("lr_decay_iters") or saved.get("lr_decay_iters") or new
+    note = (f"{'extending' if new > old else 'shortening'} the run from {old} to {new} iterations; the learning "
+            f"rate keeps its schedule: cosine decay until iteration {decay}"
+            + (", then constant at its floor" if decay < new else "")
+            + ("" if "lr_decay_iters" in overrides else f" (pass --lr_decay_iters={new} to stretch the decay instead)"))
+    if "densify_at" in changes:
+        note += f"; dense from iteration {int(changes['densify_at'])} as before"
+    return changes, note, False
+
+
+def trim_log(log_path, iter_num):
+    """Cut a log.jsonl back to the records of iterations <= iter_num (the checkpoint's), so a resumed
+    run logs every iteration exactly once. A torn last line (a kill mid-write) goes too."""
+    log_path = Path(log_path)
+    if not log_path.exists():
+        return
+    kept = []
+    for line in log_path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("iter"), int) and record["iter"] <= iter_num:
+            kept.append(line + "\n")
+    write_output(log_path, "".join(kept))
+
+
+def restore_progress(ckpt, rank, device, data_gen):
+    """(iter_num, tokens_seen, flops_spent, best_val_loss), and the RNG states, of a resumed run."""
+    if ckpt is None:
+        return 0, 0, 0.0, float("inf")
+    torch.set_rng_state(ckpt["rng"]["torch"])
+    data_gen.set_state(ckpt["rng"]["data"][rank] if rank < len(ckpt["rng"]["data"]) else data_gen.get_state())
+    if device.startswith("cuda") and ckpt["rng"].get("cuda") is not None:
+        torch.cuda.set_rng_state(ckpt["rng"]["cuda"])
+    return ckpt["iter_num"], ckpt["tokens_seen"], ckpt["flops_spent"], ckpt.get("best_val_loss", float("inf"))

@@ -31,11 +31,11 @@ from checkpoint import checkpoint_dict, save_checkpoint
 from common import (autocast, check, check_finite, check_memory, check_writable_dir, completion_rows, lock_output,
                     parse_config, pick_device, prepare_run_dir, release_outputs, run_cli, write_output)
 from data.sources import EOT, get_tokenizer
-from data.tasks import NLG_TASKS, TASKS, encode_example, flatten, load_groups
+from data.tasks import NLG_TASKS, TASKS, encode_example, load_examples, load_groups
 from decode import decode_groups
 from flops import train_flops
 from hf import load_any
-from model import decay_groups
+from model import decay_groups, linear_lr
 from related.softprompt import setup_soft_prompt
 
 DEFAULTS = dict(
@@ -78,14 +78,6 @@ PER_TASK = {  # label_smoothing, dropout, length_penalty
     "e2e": (0.1, 0.1, 0.9), "webnlg": (0.1, 0.1, 0.8), "dart": (0.0, 0.0, 0.8),
     "curation": (0.0, 0.0, 1.0), "summarization": (0.0, 0.0, 1.0),
 }
-
-
-def linear_lr(it, max_lr, warmup_iters, total_iters):
-    """Linear warm-up, then linear decay to 0 at total_iters (the fine-tuning schedule)."""
-    if it < warmup_iters:
-        return max_lr * (it + 1) / warmup_iters
-    return max_lr * max(0.0, (total_iters - it) / max(1, total_iters - warmup_iters))
-
 
 
 def validate(cfg):
@@ -166,9 +158,8 @@ def evaluate_loss(model, examples, batch_size, device, prompt=None):
 
 
 def init_model(cfg, device):
-    """Model, masks to keep (empty for dense FT), the pre-training sparsity, model config, checkpoint."""
+    """Model, masks to keep (empty for dense FT), the pre-training sparsity, checkpoint."""
     model, ckpt = load_any(cfg["init_from"], dropout=cfg["dropout"])
-    mcfg = model.config
     pretrain_sparsity = checkpoint.pretrain_sparsity(ckpt)
     masks = ckpt.get("masks") or {}
     if masks:
@@ -177,27 +168,11 @@ def init_model(cfg, device):
         masks = {}  # SPDF: lift the masks, pruned weights start at 0 and train
     elif not masks and pretrain_sparsity > 0 and not cfg["eval_only"]:
         check(False, f"--sparse=True but {cfg['init_from']} holds no masks")
-    return model.to(device), sp.masks_to(masks, device), pretrain_sparsity, mcfg, ckpt
-
-
-def load_examples(cfg, enc, block):
-    """(train, val, note): the task's examples encoded for a context of `block` tokens; --max_examples
-    a random subset of train, --val_examples a fixed one of val (the same for every run of a grid)."""
-    train_groups, note = load_groups(cfg["task"], "train", cfg["data"], cfg["seed"])
-    val_groups, _ = load_groups(cfg["task"], "val", cfg["data"], cfg["seed"])
-    train, val = flatten(train_groups), flatten(val_groups)
-    if cfg["max_examples"]:
-        train = random.Random(cfg["seed"]).sample(train, min(cfg["max_examples"], len(train)))
-    if cfg["val_examples"]:
-        val = random.Random(0).sample(val, min(cfg["val_examples"], len(val)))
-    check(train and val, f"{cfg['task']}: empty train or validation split")
-    encode = lambda examples: [encode_example(enc, e["context"], e["completion"], block) for e in examples]
-    return encode(train), encode(val), note
+    return model.to(device), sp.masks_to(masks, device), pretrain_sparsity, ckpt
 
 
 def finetune(cfg, model, masks, train, val, device, pretrain_sparsity, prompt=None):
     """Train with early stopping on validation loss; returns (best state, best prompt, log dict)."""
-    mcfg = model.config
     if cfg["freeze_model"]:
         model.requires_grad_(False)  # prompt tuning: only the soft prompt learns
     groups = [dict(g, base_lr=cfg["learning_rate"]) for g in decay_groups(model, cfg["weight_decay"])]
@@ -234,7 +209,8 @@ def finetune(cfg, model, masks, train, val, device, pretrain_sparsity, prompt=No
             check_finite(loss.item(), "the training loss", step + 1)
             check_finite(grad_norm, "the gradient norm", step + 1)
             # FLOPs of this step: every sequence at the padded length the model actually ran
-            step_flops = train_flops(mcfg, n_prompt + x.size(1), flops_sparsity, mcfg.vocab_size) * x.size(0)
+            step_flops = train_flops(model.config, n_prompt + x.size(1), flops_sparsity,
+                                     model.config.vocab_size) * x.size(0)
             # a frozen model still back-propagates to its inputs but computes no weight gradients
             flops += step_flops * (2 / 3 if cfg["freeze_model"] else 1)
             step += 1
@@ -272,11 +248,11 @@ def main(argv):
     check(cfg["eval_only"] or not (out_dir / "ckpt.pt").exists(),
           f"{out_dir / 'ckpt.pt'} exists: choose another --out_dir (saved work is never overwritten)")
     check_writable_dir(out_dir)
-    model, masks, pretrain_sparsity, mcfg, ckpt = init_model(cfg, device)
+    model, masks, pretrain_sparsity, ckpt = init_model(cfg, device)
     prompt = setup_soft_prompt(cfg, model, ckpt)
     n_prompt = 0 if prompt is None else prompt.size(0)
     enc = get_tokenizer()
-    task, block = cfg["task"], mcfg.block_size - n_prompt  # the soft prompt takes the first positions
+    task, block = cfg["task"], model.config.block_size - n_prompt  # the soft prompt takes the first positions
     print(f"recipe: {cfg['recipe']}" + (" (a CPU toy: a subset, 1 epoch; the paper's is config/finetune_paper.py)"
                                          if cfg["recipe"] == "toy" else ""))
     print(f"{task}: {model.num_params():,} parameters from {cfg['init_from']} (pre-trained at sparsity "
@@ -287,7 +263,8 @@ def main(argv):
 
     run_log = dict(ckpt.get("finetune", {})) if cfg["eval_only"] else {}
     if not cfg["eval_only"]:
-        train, val, note = load_examples(cfg, enc, block)
+        train, val, note = load_examples(task, cfg["data"], cfg["seed"], enc, block, cfg["max_examples"],
+                                         cfg["val_examples"])
         if note:
             print(f"note: {note}")
             run_log["data_note"] = note
@@ -306,7 +283,7 @@ def main(argv):
         if masks:
             assert sp.check_masked(model, masks), "a pruned weight is non-zero after sparse fine-tuning"
         run_log.update(log)
-        save_checkpoint(checkpoint_dict(best_state, mcfg, cfg, masks, pretrain_sparsity=pretrain_sparsity,
+        save_checkpoint(checkpoint_dict(best_state, model.config, cfg, masks, pretrain_sparsity=pretrain_sparsity,
                                         pretrain_config=ckpt.get("config", {}), finetune=run_log,
                                         iter_num=log["steps"], best_val_loss=log["best_val_loss"],
                                         **({} if prompt is None else dict(soft_prompt=best_prompt))),

@@ -223,3 +223,22 @@ def configure_optimizer(model, cfg, device):
     """AdamW with cfg's learning_rate, weight_decay, beta1, beta2, eps; decay on matrices only."""
     return torch.optim.AdamW(decay_groups(model, cfg["weight_decay"]), lr=cfg["learning_rate"],
                              betas=(cfg["beta1"], cfg["beta2"]), eps=cfg["eps"], fused=device.startswith("cuda"))
+
+
+# the learning-rate schedules of the two loops: pre-training's cosine, fine-tuning's linear (LoRA's)
+def cosine_lr(it, max_lr, warmup_iters, decay_iters, min_lr_ratio=0.1):
+    """Linear warm-up, then cosine decay to min_lr_ratio * max_lr (the paper: 10% of peak)."""
+    if it < warmup_iters:
+        return max_lr * (it + 1) / warmup_iters
+    if it >= decay_iters:
+        return max_lr * min_lr_ratio
+    progress = (it - warmup_iters) / max(1, decay_iters - warmup_iters)
+    coeff = 0.5 * (1.0 + math.cos(math.pi * progress))
+    return max_lr * (min_lr_ratio + coeff * (1.0 - min_lr_ratio))
+
+
+def linear_lr(it, max_lr, warmup_iters, total_iters):
+    """Linear warm-up, then linear decay to 0 at total_iters (the fine-tuning schedule)."""
+    if it < warmup_iters:
+        return max_lr * (it + 1) / warmup_iters
+    return max_lr * max(0.0, (total_iters - it) / max(1, total_iters - warmup_iters))

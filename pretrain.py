@@ -17,10 +17,8 @@ Related systems (their logic lives in their own modules):
 Arguments: config files (Python assignments) and --key=value (or --key value) overrides of DEFAULTS.
 """
 import json
-import math
 import os
 import time
-from pathlib import Path
 
 import torch
 from tqdm import tqdm
@@ -28,14 +26,14 @@ from tqdm import tqdm
 import parallel
 import sparsity as sp
 from checkpoint import (build_model, check_pretrain_checkpoint, checkpoint_dict, load_checkpoint, pretrain_sparsity,
-                        save_checkpoint)
+                        restore_progress, resume_schedule, save_checkpoint, trim_log)
 from common import (append_line, autocast, check, check_finite, check_memory, check_scratch_out_dir, check_writable_dir,
                     file_stamp, lock_output, parse_config, peak_flops, pick_device, prepare_run_dir, release_outputs,
-                    run_cli, write_output)
+                    run_cli)
 from data.prepare import DATASETS, ensure_prepared, load_tokens
 from flops import densify_iter, forward_flops, train_flops
 from hf import HUB_NAMES, load_any
-from model import ADAMW, GPT, PRESETS, configure_optimizer, preset_config
+from model import ADAMW, GPT, PRESETS, configure_optimizer, cosine_lr, preset_config
 from related import omission
 
 DEFAULTS = dict(
@@ -73,63 +71,6 @@ DEFAULTS = dict(
     activation_checkpointing=False,  # recompute each block's activations in backward: less memory, more compute
     seed=1337,
 )
-
-
-def cosine_lr(it, max_lr, warmup_iters, decay_iters, min_lr_ratio=0.1):
-    """Linear warm-up, then cosine decay to min_lr_ratio * max_lr (the paper: 10% of peak)."""
-    if it < warmup_iters:
-        return max_lr * (it + 1) / warmup_iters
-    if it >= decay_iters:
-        return max_lr * min_lr_ratio
-    progress = (it - warmup_iters) / max(1, decay_iters - warmup_iters)
-    coeff = 0.5 * (1.0 + math.cos(math.pi * progress))
-    return max_lr * (min_lr_ratio + coeff * (1.0 - min_lr_ratio))
-
-
-def resume_schedule(saved, overrides, iter_num):
-    """How a resumed pre-training run continues: (config changes, message or None, finished).
-    The run's LR schedule is kept: when --max_iters changes (an "extend"), a cosine decay that ran
-    over max_iters stays pinned to the old length (then the LR stays at its floor) and a fractional
-    --densify_at stays at its iteration, unless --lr_decay_iters / --densify_at are given too."""
-    old = saved["max_iters"]
-    new = overrides.get("max_iters", old)
-    check(new >= iter_num, f"--max_iters={new} is below the checkpoint's iteration {iter_num}: a run cannot go back")
-    if new == iter_num:
-        return {}, (f"the run finished at iteration {iter_num} (--max_iters={old}): nothing to do; "
-                    f"pass --max_iters=N with N > {iter_num} to extend it"), True
-    if new == old:
-        return {}, None, False
-    changes = {}
-    if "lr_decay_iters" not in overrides and not saved.get("lr_decay_iters"):
-        changes["lr_decay_iters"] = old
-    densify_at = saved.get("densify_at", 0.0)
-    if "densify_at" not in overrides and 0 < densify_at < 1:
-        changes["densify_at"] = float(max(1, round(densify_at * old)))
-    decay = overrides.get("lr_decay_iters") or changes.get("lr_decay_iters") or saved.get("lr_decay_iters") or new
-    note = (f"{'extending' if new > old else 'shortening'} the run from {old} to {new} iterations; the learning "
-            f"rate keeps its schedule: cosine decay until iteration {decay}"
-            + (", then constant at its floor" if decay < new else "")
-            + ("" if "lr_decay_iters" in overrides else f" (pass --lr_decay_iters={new} to stretch the decay instead)"))
-    if "densify_at" in changes:
-        note += f"; dense from iteration {int(changes['densify_at'])} as before"
-    return changes, note, False
-
-
-def trim_log(log_path, iter_num):
-    """Cut a log.jsonl back to the records of iterations <= iter_num (the checkpoint's), so a resumed
-    run logs every iteration exactly once. A torn last line (a kill mid-write) goes too."""
-    log_path = Path(log_path)
-    if not log_path.exists():
-        return
-    kept = []
-    for line in log_path.read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(record, dict) and isinstance(record.get("iter"), int) and record["iter"] <= iter_num:
-            kept.append(line + "\n")
-    write_output(log_path, "".join(kept))
 
 
 def validate(cfg):
@@ -213,7 +154,7 @@ def init_model(cfg, overrides, ckpt):
     """(model, masks, config changes): resumed from the run's checkpoint, from another checkpoint's weights
     (and its masks, if any: then the run takes their sparsity), or new. Masks are {} unless a source had them."""
     if ckpt is not None:
-        return build_model(ckpt, "the run's checkpoint"), ckpt["masks"], {}
+        return build_model(ckpt, os.path.join(cfg["out_dir"], "ckpt.pt")), ckpt["masks"], {}
     if cfg["init_from"] == "scratch":
         return GPT(model_config(cfg)), {}, {}
     model, source = load_any(cfg["init_from"], dropout=cfg["dropout"],  # a checkpoint, or a Hugging Face GPT-2
@@ -240,17 +181,6 @@ def load_splits(cfg, block_size, master):
         check(len(toks) > block_size + 1, f"{cfg['dataset']} {s} split has {len(toks)} tokens, "
               f"fewer than block_size {block_size}")
     return splits
-
-
-def restore_progress(ckpt, rank, device, data_gen):
-    """(iter_num, tokens_seen, flops_spent, best_val_loss), and the RNG states, of a resumed run."""
-    if ckpt is None:
-        return 0, 0, 0.0, float("inf")
-    torch.set_rng_state(ckpt["rng"]["torch"])
-    data_gen.set_state(ckpt["rng"]["data"][rank] if rank < len(ckpt["rng"]["data"]) else data_gen.get_state())
-    if device.startswith("cuda") and ckpt["rng"].get("cuda") is not None:
-        torch.cuda.set_rng_state(ckpt["rng"]["cuda"])
-    return ckpt["iter_num"], ckpt["tokens_seen"], ckpt["flops_spent"], ckpt.get("best_val_loss", float("inf"))
 
 
 def main(argv):
@@ -372,7 +302,8 @@ def main(argv):
             if master:
                 save_checkpoint(checkpoint_dict(
                     model_state, mcfg, cfg, masks, optimizer=optimizer_state, iter_num=iter_num,
-                    tokens_seen=tokens_seen, flops_spent=flops_spent, best_val_loss=best_val, rng=dict(torch=torch.get_rng_state(), data=data_states,
+                    tokens_seen=tokens_seen, flops_spent=flops_spent, best_val_loss=best_val,
+                    rng=dict(torch=torch.get_rng_state(), data=data_states,
                              cuda=torch.cuda.get_rng_state() if device.startswith("cuda") else None),
                 ), os.path.join(cfg["out_dir"], "ckpt.pt"))
                 tqdm.write(f"iter {iter_num}: train {losses['train']:.4f}, val {losses['val']:.4f}")

@@ -194,3 +194,19 @@ def encode_prompt(enc, context, block_size, min_new_tokens=1):
     """Prompt for decoding: context + EOT, cut from the left to leave room for generation."""
     ids = enc.encode(context, disallowed_special=()) + [EOT]
     return ids[-(block_size - min_new_tokens):]
+
+
+def load_examples(task, data, seed, enc, block_size, max_examples=0, val_examples=0):
+    """(train, val, note): a task's training and validation examples encoded for a context of block_size
+    tokens; max_examples > 0 keeps a random subset of train (by seed), val_examples > 0 a fixed one of
+    val (the same for every run of a grid)."""
+    train_groups, note = load_groups(task, "train", data, seed)
+    val_groups, _ = load_groups(task, "val", data, seed)
+    train, val = flatten(train_groups), flatten(val_groups)
+    if max_examples:
+        train = random.Random(seed).sample(train, min(max_examples, len(train)))
+    if val_examples:
+        val = random.Random(0).sample(val, min(val_examples, len(val)))
+    check(train and val, f"{task}: empty train or validation split")
+    encode = lambda examples: [encode_example(enc, e["context"], e["completion"], block_size) for e in examples]
+    return encode(train), encode(val), note

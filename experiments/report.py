@@ -131,9 +131,9 @@ def write_tables(cfg, root, summary):
         extra = ["bleu_seen", "bleu_unseen"] if task == "webnlg" else []
         metric_keys = {"e2e": ["nist", "meteor", "rouge_l", "cider"]}.get(task, ["meteor", "ter"])
         for k in ("rouge_l", "cider"):  # without Java: the values computed another way, under their own name
-            rows = t["rows"].values()
-            if k in metric_keys and not any(r[k][2] for r in rows) and any(r.get(f"{k}_approx", (0, 0, 0))[2] for r in rows):
-                metric_keys[metric_keys.index(k)] = f"{k}_approx"
+            if k in metric_keys and not any(r[k][2] for r in t["rows"].values()):
+                if any(r.get(f"{k}_approx", (0, 0, 0))[2] for r in t["rows"].values()):
+                    metric_keys[metric_keys.index(k)] = f"{k}_approx"
         m = t["benefit_val_loss"]
         lines += ["", f"## {task} (seeds {', '.join(map(str, t['seeds']))})", ""]
         if m[0] is not None:

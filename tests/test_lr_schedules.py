@@ -1,11 +1,10 @@
-"""The two LR schedules at their boundaries: pretrain.cosine_lr (linear warm-up, cosine decay to
-10 % of the peak) and finetune.linear_lr (linear warm-up, linear decay to 0)."""
+"""The two LR schedules at their boundaries: model.cosine_lr (linear warm-up, cosine decay to
+10 % of the peak) and model.linear_lr (linear warm-up, linear decay to 0)."""
 import math
 
 import pytest
 
-from finetune import linear_lr
-from pretrain import cosine_lr
+from model import cosine_lr, linear_lr
 
 
 def test_cosine_lr_warms_up_to_the_peak_then_decays_to_its_floor_and_stays():

@@ -8,7 +8,7 @@ import torch
 
 from checkpoint import save_checkpoint
 from common import UsageError
-from pretrain import cosine_lr
+from model import cosine_lr
 from tests.conftest import run_pretrain
 
 pytestmark = pytest.mark.usefixtures("one_thread")
