@@ -5,6 +5,9 @@ The build takes about a minute once; torch caches it under TORCH_EXTENSIONS_DIR 
 ~/.cache/torch_extensions) and later imports only load the .so. Without a working compiler we
 warn once and fall back to the PyTorch reference in csr.py: slower, never an error.
 Inputs in other dtypes (bf16, fp16) are computed in fp32 and cast back.
+
+SPDF_CPU_ARCH=x86-64-v3 (any GCC -march value) builds for that instruction set instead of this CPU's
+own, in a separate cache entry: e.g. the AVX2 path measured on an AVX-512 machine.
 """
 import os
 import warnings
@@ -23,8 +26,10 @@ def extension():
         _tried = True
         try:
             from torch.utils.cpp_extension import load
-            _ext = load(name="spdf_csr_cpu", sources=[os.path.join(_HERE, "csr_cpu.cpp")],
-                        extra_cflags=["-O3", "-march=native", "-fopenmp"],
+            arch = os.environ.get("SPDF_CPU_ARCH", "native")
+            suffix = "" if arch == "native" else "_" + "".join(c if c.isalnum() else "_" for c in arch)
+            _ext = load(name="spdf_csr_cpu" + suffix, sources=[os.path.join(_HERE, "csr_cpu.cpp")],
+                        extra_cflags=["-O3", f"-march={arch}", "-fopenmp"],
                         extra_ldflags=["-fopenmp"], verbose=False)
         except Exception as e:  # no compiler, no ninja, odd platform: the reference still works
             warnings.warn(f"kernels: C++ CSR kernel unavailable ({type(e).__name__}: "
@@ -39,13 +44,12 @@ def spmm(csr, x2, bias=None):
         y = csr_matmul_reference(csr, x2.float())
         return y if bias is None else y + bias.float()
     return ext.spmm(csr.crow, csr.col, csr.values.float(), None if bias is None else bias.float(),
-                    x2.float(), csr.shape[0], _bounds(ext, csr, x2.shape[0]))
+                    x2.float(), csr.shape[0], _bounds(ext, csr, ext.block_cols(x2.shape[0], csr.nnz, *csr.shape)))
 
 
-def _bounds(ext, csr, tokens):
-    """Where each row's entries cross into the next column block (the tiled kernel's plan): a
+def _bounds(ext, csr, kb):
+    """Where each row's entries cross into the next block of kb columns (the tiled kernels' plan): a
     function of the pattern, so it is computed once per CSR and block width and kept in csr.cache."""
-    kb = ext.block_cols(tokens, csr.nnz, *csr.shape)
     if kb == 0:
         return None  # few tokens: the gather path needs no plan
     try:  # the same tensors, unmodified (in-place writes, e.g. load_state_dict, bump _version)
@@ -64,4 +68,4 @@ def sddmm(csr, dy2, x2):
     ext = extension()
     if ext is None:
         return sddmm_reference(csr, dy2, x2)
-    return ext.sddmm(csr.crow, csr.col, dy2.float(), x2.float())
+    return ext.sddmm(csr.crow, csr.col, dy2.float(), x2.float(), _bounds(ext, csr, ext.sddmm_cols(csr.shape[1])))

@@ -28,6 +28,7 @@
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <algorithm>
+#include <cstdlib>
 #include <vector>
 #ifdef __AVX2__
 #include <immintrin.h>
@@ -432,40 +433,134 @@ torch::Tensor spmm(torch::Tensor crow, torch::Tensor col, torch::Tensor val,
   return y;
 }
 
-torch::Tensor sddmm(torch::Tensor crow, torch::Tensor col, torch::Tensor dy, torch::Tensor x) {
+// ---- sddmm: the weight gradient at the nonzeros, g[p] = sum over tokens t of dy[t, i] * x[t, j].
+// Tokens are again the vector dimension: x and dy are packed into token tiles, (K, TILE) and
+// (M, TILE), so both operands of a nonzero are TILE contiguous floats. Row i's dy tile is loaded
+// into V registers once and stays there across the row's nonzeros: each nonzero then costs V loads
+// of x and V FMAs, one load per FMA as in spmm, plus a horizontal sum. The sums of SDDMM_GROUP
+// nonzeros are reduced together (hadd tree) and added to g[p..] with one vector store, since a row's
+// entries are contiguous in g. Columns are blocked (bnd, as in spmm) so the slab of x that a sweep
+// over the rows touches stays in L2. Threads take disjoint row ranges and every tile: no barrier, no
+// shared write. The packing buffers are kept between calls (reused, not page-faulted in again).
+
+
+constexpr int SDDMM_TILE = NACC * VW;           // 64 tokens with AVX2, 128 with AVX-512
+constexpr int64_t SDDMM_RB = 1024;  // rows per block: their dy tiles, 256 KB with AVX2
+constexpr int64_t SDDMM_SLAB_BYTES = 24 * 1024;  // (KB, TILE) slab of x per column block
+
+int64_t sddmm_cols(int64_t K) {
+  return std::max<int64_t>(VW, SDDMM_SLAB_BYTES / (SDDMM_TILE * 4));
+}
+
+#ifdef __AVX2__
+// the horizontal sums of four vectors, as one 128-bit vector [sum a0, sum a1, sum a2, sum a3]
+static inline __m128 hsum4(const vec& a0, const vec& a1, const vec& a2, const vec& a3) {
+#ifdef __AVX512F__
+  auto fold = [](const vec& a) {  // 16 lanes -> 8
+    const __m512 z = (__m512)a;
+    return _mm256_add_ps(_mm512_castps512_ps256(z), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(z), 1)));
+  };
+  const __m256 b0 = fold(a0), b1 = fold(a1), b2 = fold(a2), b3 = fold(a3);
+#else
+  const __m256 b0 = (__m256)a0, b1 = (__m256)a1, b2 = (__m256)a2, b3 = (__m256)a3;
+#endif
+  const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(b0, b1), _mm256_hadd_ps(b2, b3));
+  return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+}
+#endif
+
+static inline float hsum(const vec& a) {
+  float s = 0.f;
+  for (int l = 0; l < VW; l++) s += a[l];
+  return s;
+}
+
+// one row's entries [p, end) against its dy tile d (V vectors, in registers), added into g
+template <typename Index>
+static inline void sddmm_row(const vec* d, const Index* col, int64_t p, int64_t end, const float* xt, int64_t c0,
+                             float* g) {
+  constexpr int TILE = SDDMM_TILE, V = TILE / VW;
+#ifdef __AVX2__
+  for (; p + 4 <= end; p += 4) {
+    const vec* x0 = (const vec*)(xt + ((int64_t)col[p] - c0) * TILE);
+    const vec* x1 = (const vec*)(xt + ((int64_t)col[p + 1] - c0) * TILE);
+    const vec* x2 = (const vec*)(xt + ((int64_t)col[p + 2] - c0) * TILE);
+    const vec* x3 = (const vec*)(xt + ((int64_t)col[p + 3] - c0) * TILE);
+    vec a0 = d[0] * x0[0], a1 = d[0] * x1[0], a2 = d[0] * x2[0], a3 = d[0] * x3[0];
+    for (int u = 1; u < V; u++) {
+      a0 += d[u] * x0[u];
+      a1 += d[u] * x1[u];
+      a2 += d[u] * x2[u];
+      a3 += d[u] * x3[u];
+    }
+    _mm_storeu_ps(g + p, _mm_add_ps(_mm_loadu_ps(g + p), hsum4(a0, a1, a2, a3)));
+  }
+#endif
+  for (; p < end; p++) {
+    const vec* xr = (const vec*)(xt + ((int64_t)col[p] - c0) * TILE);
+    vec a = d[0] * xr[0];
+    for (int u = 1; u < V; u++) a += d[u] * xr[u];
+    g[p] += hsum(a);
+  }
+}
+
+struct PackBuffer {  // a buffer that keeps its pages between calls (a fresh one would page-fault in)
+  std::vector<vec> v;
+  float* get(int64_t floats) {
+    if ((int64_t)v.size() * VW < floats) v.resize((floats + VW - 1) / VW);
+    return (float*)v.data();
+  }
+};
+
+torch::Tensor sddmm(torch::Tensor crow, torch::Tensor col, torch::Tensor dy, torch::Tensor x,
+                    c10::optional<torch::Tensor> bnd) {
   TORCH_CHECK(dy.scalar_type() == torch::kFloat && x.scalar_type() == torch::kFloat, "sddmm: float32");
+  TORCH_CHECK(crow.scalar_type() == torch::kInt, "sddmm: int32 row pointers");
   dy = dy.contiguous(); x = x.contiguous();
-  constexpr int TILE = 64;
+  constexpr int TILE = SDDMM_TILE, V = TILE / VW;
   const int64_t N = x.size(0), K = x.size(1), M = dy.size(1), ntiles = (N + TILE - 1) / TILE;
-  const int* cr = crow.data_ptr<int>();
+  const int64_t KB = sddmm_cols(K), nkb = (K + KB - 1) / KB;
+  TORCH_CHECK(K * TILE < (int64_t{1} << 31), "sddmm: in_features too large");
   auto g = torch::zeros({col.numel()}, x.options());
-  float* gp = g.data_ptr<float>();
-  std::vector<vec> xbuf(ntiles * K * TILE / VW), dbuf(ntiles * M * TILE / VW);
-  float* xp = (float*)xbuf.data();
-  float* dp = (float*)dbuf.data();
-  at::parallel_for(0, ntiles, grain(ntiles, ntiles * (K + M) * TILE), [&](int64_t b, int64_t e) {
-    for (int64_t tile = b; tile < e; tile++) {
-      pack_tile<TILE>(x.data_ptr<float>(), N, K, tile * TILE, xp + tile * K * TILE);
-      pack_tile<TILE>(dy.data_ptr<float>(), N, M, tile * TILE, dp + tile * M * TILE);
-    }
+  if (N == 0 || col.numel() == 0) return g;
+  if (!bnd.has_value()) bnd = bounds(crow, col, K, KB);
+  TORCH_CHECK(bnd->numel() == M * (nkb + 1), "sddmm: bounds made for another shape");
+  const float *xs = x.data_ptr<float>(), *ds = dy.data_ptr<float>();
+  // every token tile of x, packed once and shared by the threads. One buffer per process: autograd
+  // runs a CPU backward in one thread, so two calls never overlap
+  static PackBuffer xbuf;
+  float* xp = xbuf.get(ntiles * K * TILE);
+  at::parallel_for(0, ntiles, 1, [&](int64_t b, int64_t e) {
+    for (int64_t tile = b; tile < e; tile++) pack_tile<TILE>(xs, N, K, tile * TILE, xp + tile * K * TILE);
   });
+  const int* cr = crow.data_ptr<int>();
+  const int* bd = bnd->data_ptr<int>();
+  float* gp = g.data_ptr<float>();
   with_index(col, [&](auto cl) {
-    for (int64_t tile = 0; tile < ntiles; tile++) {  // one token tile at a time stays in cache
-      const float* xt = xp + tile * K * TILE;
-      const float* dt = dp + tile * M * TILE;
-      at::parallel_for(0, M, grain(M, (int64_t)cr[M] * TILE), [&](int64_t b, int64_t e) {
-        for (int64_t i = b; i < e; i++) {
-          const float* d = dt + i * TILE;
-          for (int p = cr[i]; p < cr[i + 1]; p++) {
-            const float* xr = xt + (int64_t)cl[p] * TILE;
-            float s = 0.f;
-#pragma omp simd reduction(+ : s)
-            for (int t = 0; t < TILE; t++) s += d[t] * xr[t];
-            gp[p] += s;
-          }
+    at::parallel_for(0, M, grain(M, (int64_t)cr[M] * N), [&](int64_t b, int64_t e) {
+      thread_local PackBuffer dbuf;  // this thread's rows of dy, one token tile at a time
+      float* dt = dbuf.get(SDDMM_RB * TILE);
+      // rows in blocks, and all token tiles of a block before the next: the block's share of g, which
+      // every tile adds to, stays in cache (the whole g of a GPT-3 XL matrix would stream from memory)
+      for (int64_t r0 = b; r0 < e; r0 += SDDMM_RB) {
+        const int64_t rows = std::min(e, r0 + SDDMM_RB) - r0;
+        for (int64_t tile = 0; tile < ntiles; tile++) {
+          const int64_t t0 = tile * TILE, nt = std::min<int64_t>(TILE, N - t0);
+          const float* xt = xp + tile * K * TILE;
+          transpose(ds + t0 * M + r0, M, dt, TILE, nt, rows);  // dy[t0:, r0:] -> (rows, TILE)
+          if (nt < TILE)
+            for (int64_t r = 0; r < rows; r++) std::fill(dt + r * TILE + nt, dt + (r + 1) * TILE, 0.f);
+          for (int64_t c = 0; c < nkb; c++)  // a slab of x in L1 while the block's rows sweep it
+            for (int64_t i = r0; i < r0 + rows; i++) {
+              const int* rb = bd + i * (nkb + 1) + c;
+              if (rb[0] == rb[1]) continue;
+              vec d[V];
+              for (int u = 0; u < V; u++) d[u] = ((const vec*)(dt + (i - r0) * TILE))[u];
+              sddmm_row(d, cl, rb[0], rb[1], xt, 0, gp);
+            }
         }
-      });
-    }
+      }
+    });
   });
   return g;
 }
@@ -475,5 +570,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("bias"), py::arg("x"), py::arg("M"), py::arg("bnd") = py::none());
   m.def("block_cols", &block_cols, "column-block width of the kernel N tokens take (0: none)");
   m.def("bounds", &bounds, "where each row's entries cross into the next column block");
-  m.def("sddmm", &sddmm, "weight gradient at the CSR nonzeros (fp32)");
+  m.def("sddmm", &sddmm, "weight gradient at the CSR nonzeros (fp32)", py::arg("crow"), py::arg("col"),
+        py::arg("dy"), py::arg("x"), py::arg("bnd") = py::none());
+  m.def("sddmm_cols", &sddmm_cols, "column-block width of sddmm");
 }

@@ -127,6 +127,19 @@ def test_sddmm_matches_masked_outer_product(ext):
 
 
 @pytest.mark.slow
+def test_sddmm_across_row_blocks_column_blocks_and_a_partial_tile(ext):
+    # more rows than one row block (1024), more columns than one column block (128 or 256), a token
+    # count that leaves a partial tile, int16 columns as SparseLinear keeps them, and cached bounds
+    w = masked(1100, 300, 0.75, empty_rows=(5, 1050))
+    c = to_csr(w)
+    dy, x = torch.randn(150, 1100), torch.randn(150, 300)
+    expect = (dy.t() @ x)[w != 0]
+    narrow = sparse_kernels.CSR(c.crow, c.col.to(torch.int16), c.values, c.shape)
+    for csr in (c, narrow, narrow):  # the second narrow call reuses its cached column-block bounds
+        torch.testing.assert_close(cpu.sddmm(csr, dy, x), expect, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("tokens", [3, 77])
 def test_sparse_linear_grads_equal_masked_dense(ext, tokens):
     lin, mask, sl = masked_linear(72, 40, empty_row=7)
