@@ -213,10 +213,12 @@ ADAMW = dict(weight_decay=0.1, beta1=0.9, beta2=0.999, eps=1e-8)
 
 
 def decay_groups(model, weight_decay):
-    """AdamW parameter groups: decay on trainable matrices only (biases and LayerNorms get none)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    return [dict(params=[p for p in params if p.dim() >= 2], weight_decay=weight_decay),
-            dict(params=[p for p in params if p.dim() < 2], weight_decay=0.0)]
+    """AdamW parameter groups: decay on trainable matrices only (biases and LayerNorms get none). A
+    sparse_kernels.SparseLinear's `values` are a matrix's kept weights: they decay, in the matrix's place."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    matrix = lambda n, p: p.dim() >= 2 or n.endswith(".values")
+    return [dict(params=[p for n, p in named if matrix(n, p)], weight_decay=weight_decay),
+            dict(params=[p for n, p in named if not matrix(n, p)], weight_decay=0.0)]
 
 
 def configure_optimizer(model, cfg, device):

@@ -13,6 +13,9 @@ Related systems (their logic lives in their own modules):
   --sparsity=0.9 --densify_at=0.87         Variable SPDF: sparse, then dense from 87% of max_iters on
   --init_from=out/ckpt.pt --out_dir=out-sat --omit_rate=0.5   SAT-style neuron omission, ladder down to
                                            dense (omission.py)
+  --sparsity=0.75 --kernel=csr             the six block matrices as sparse_kernels.SparseLinear: only the kept
+                                           weights, their gradients and AdamW moments exist, the step skips the
+                                           zeros; same mathematics and checkpoints as the default --kernel=masked
 
 Arguments: config files (Python assignments) and --key=value (or --key value) overrides of DEFAULTS.
 """
@@ -24,6 +27,7 @@ import torch
 from tqdm import tqdm
 
 import parallel
+import sparse_kernels
 import sparsity as sp
 from checkpoint import (build_model, check_pretrain_checkpoint, checkpoint_dict, load_checkpoint, pretrain_sparsity,
                         restore_progress, resume_schedule, save_checkpoint, trim_log)
@@ -43,6 +47,7 @@ DEFAULTS = dict(
     dropout=0.0,
     sparsity=0.0,               # fraction of zeros in each of the six block matrices; 0 = dense
     mask_method="random",       # how masks are chosen: sparsity.MASK_METHODS
+    kernel="masked",            # masked: dense matmuls on masked weights | csr: sparse kernels that skip the zeros
     densify_at=0.0,             # Variable SPDF: go dense at this fraction of max_iters (< 1) or iteration; 0 = never
     omit_rate=0.0,              # SAT-style neuron omission: peak fraction of MLP channels and heads skipped
     omit_schedule="ladder",     # omission rungs: 'ladder' (1, 2/3, 1/3, 0) or comma-separated multipliers ending in 0
@@ -81,6 +86,12 @@ def validate(cfg):
     check(cfg["mask_method"] in sp.MASK_METHODS,
           f"unknown mask_method {cfg['mask_method']!r} (choose from {', '.join(sp.MASK_METHODS)})")
     check(cfg["densify_at"] >= 0, "--densify_at must be non-negative")
+    check(cfg["kernel"] in ("masked", "csr"), f"--kernel must be masked or csr, got {cfg['kernel']!r}")
+    if cfg["kernel"] == "csr":
+        check(int(os.environ.get("WORLD_SIZE", "1")) == 1 and not cfg["fsdp"],
+              "--kernel=csr trains in one process: DDP and FSDP shard dense-shaped weights (use --kernel=masked)")
+        for key, what in (("densify_at", "Variable SPDF"), ("omit_rate", "neuron omission"), ("compile", "torch.compile")):
+            check(not cfg[key], f"--kernel=csr does not combine with --{key} ({what}): use --kernel=masked")
     omission.validate(cfg)
     check(cfg["dataset"] in DATASETS, f"unknown dataset {cfg['dataset']!r} (choose from {', '.join(DATASETS)})")
     for key in ("batch_size", "gradient_accumulation_steps", "max_iters", "eval_interval", "eval_iters"):
@@ -188,7 +199,10 @@ def main(argv):
     if finished:
         return cfg
 
-    rank, world, device = parallel.setup(pick_device(cfg["device"]), cfg["fsdp"])
+    device = pick_device(cfg["device"])
+    check(cfg["kernel"] != "csr" or sparse_kernels.supports(device),
+          f"--kernel=csr has no sparse kernel for {device} (cpu; cuda with Triton)")
+    rank, world, device = parallel.setup(device, cfg["fsdp"])
     master = rank == 0
     accum = cfg["gradient_accumulation_steps"]
     check(accum % world == 0, f"--gradient_accumulation_steps ({accum}) must be a multiple of the "
@@ -203,6 +217,8 @@ def main(argv):
     cfg.update(source_changes)
     if not masks and cfg["sparsity"] > 0:
         masks = sp.make_masks(model, cfg["sparsity"], cfg["mask_method"], cfg["seed"])  # SPDF: fixed for the run
+    check(cfg["kernel"] != "csr" or masks, "--kernel=csr needs a sparse model (--sparsity > 0, or --init_from a "
+          "checkpoint with masks): a dense one has no zeros to skip")
     mcfg, block_size = model.config, model.config.block_size
     check_memory(model, device, cfg["batch_size"], block_size, show=master,
                  checkpointing=cfg["activation_checkpointing"], shards=world if cfg["fsdp"] else 1,
@@ -211,15 +227,20 @@ def main(argv):
     model.to(device)
     masks = sp.masks_to(masks, device)
     sp.apply_masks(model, masks)  # SPDF: pruned weights are exactly 0 from the start
+    sparsity_line = sp.report(model, masks)[1][-1] if masks else None
+    csr = cfg["kernel"] == "csr"
+    if csr:  # only the kept weights remain, as parameters: nothing is left to mask
+        sparse_kernels.to_sparse_model(model, masks)
     model.activation_checkpointing = cfg["activation_checkpointing"]
     if world > 1:
         parallel.check_same(model, masks)
     raw_model = model  # the GPT itself (under FSDP sharded in place, so model and raw_model are one)
     omitter = omission.Omitter(raw_model) if cfg["omit_rate"] else None  # patches the blocks' forwards
-    model, step_masks = parallel.wrap(model, masks, cfg["fsdp"], cfg["compile"], device)
+    model, step_masks = parallel.wrap(model, {} if csr else masks, cfg["fsdp"], cfg["compile"], device)
     optimizer = configure_optimizer(raw_model, cfg, device)
-    if ckpt is not None:
-        parallel.load_optimizer(raw_model, optimizer, ckpt["optimizer"])
+    if ckpt is not None:  # checkpoints hold dense-shaped moments, whichever kernel wrote them
+        state = sparse_kernels.sparse_optimizer_state(ckpt["optimizer"], raw_model, optimizer) if csr else ckpt["optimizer"]
+        parallel.load_optimizer(raw_model, optimizer, state)
     sp.mask_optimizer_state(optimizer, raw_model, step_masks)  # SPDF: no stale moment revives a pruned weight
 
     # data: random windows, drawn from a generator whose state is saved for exact resume
@@ -238,10 +259,10 @@ def main(argv):
     if master:
         lock_output(cfg["out_dir"], unchanged=[(os.path.join(cfg["out_dir"], "ckpt.pt"), seen)])  # the run's now
         prepare_run_dir(cfg["out_dir"])
-        print(f"{cfg['model']}: {raw_model.num_params():,} parameters, {world} process(es)"
+        print(f"{cfg['model']}: {raw_model.num_params():,} parameters{' (kept ones, csr)' if csr else ''}, {world} process(es)"
               f"{' (FSDP)' if cfg['fsdp'] else ''} on {device}, {tokens_per_iter:,} tokens per step")
-        if masks:
-            print(sp.report(raw_model, masks)[1][-1])
+        if sparsity_line:
+            print(sparsity_line)
     log_path = os.path.join(cfg["out_dir"], "log.jsonl")
     if master:  # records past the checkpoint (none for a new run) came from an interrupted or failed run
         trim_log(log_path, iter_num)
@@ -299,6 +320,9 @@ def main(argv):
             log(record)  # before the checkpoint: a saved iteration always has its line
             data_states = parallel.all_gather(data_gen.get_state())
             model_state, optimizer_state = parallel.state_dicts(raw_model, optimizer)  # every rank takes part
+            if csr:  # saved as the masked model would be: either kernel resumes it
+                model_state = sparse_kernels.dense_state_dict(raw_model)
+                optimizer_state = sparse_kernels.dense_optimizer_state(optimizer_state, raw_model, optimizer)
             if master:
                 save_checkpoint(checkpoint_dict(
                     model_state, mcfg, cfg, masks, optimizer=optimizer_state, iter_num=iter_num,

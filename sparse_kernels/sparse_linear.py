@@ -10,6 +10,9 @@ per nonzero), so there is nothing to mask. For y = x @ W.T + b:
     dL/db      = dy summed over tokens
 
 to_sparse_model / to_dense_model swap a masked GPT's six block matrices for SparseLinear and back.
+Training with them (pretrain.py / finetune.py --kernel=csr) saves checkpoints in the masked format:
+dense_state_dict and dense_optimizer_state scatter the kept weights and their AdamW moments into
+dense-shaped tensors, sparse_optimizer_state gathers them back, so a run resumes under either kernel.
 """
 import torch
 import torch.nn as nn
@@ -29,6 +32,12 @@ triton_on_cpu = False
 
 def _triton(t):
     return triton_csr is not None and (t.device.type == "cuda" or (triton_on_cpu and t.device.type == "cpu"))
+
+
+def supports(device):
+    """Whether SparseLinear has a kernel for `device` ('cpu', 'cuda', 'cuda:1', ...): the C++ one on the
+    CPU, the Triton one on CUDA."""
+    return device == "cpu" or (device.startswith("cuda") and triton_csr is not None)
 
 
 def _flat(x, k):
@@ -175,3 +184,55 @@ def to_dense_model(model):
     for name in names:
         _swap(model, name + ".weight", lambda sl: sl.to_linear())
     return model
+
+
+# -----------------------------------------------------------------------------
+# checkpoints in the masked format: dense-shaped weights and optimizer moments, zeros off the pattern
+
+
+def dense_state_dict(model):
+    """model.state_dict() as the masked model has it: each SparseLinear as `weight` (zeros off its
+    pattern) and `bias`, its pattern buffers left out."""
+    state = model.state_dict()
+    for name, module in model.named_modules():
+        if isinstance(module, SparseLinear):
+            for key in [k for k in state if k.startswith(name + ".")]:
+                del state[key]
+            state[name + ".weight"] = module.dense_weight()
+            if module.bias is not None:
+                state[name + ".bias"] = module.bias.detach()
+    return state
+
+
+def _values_owners(model, optimizer):
+    """{index in optimizer.state_dict() numbering: SparseLinear whose `values` it is}."""
+    owner = {id(m.values): m for m in model.modules() if isinstance(m, SparseLinear)}
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    return {i: owner[id(p)] for i, p in enumerate(params) if id(p) in owner}
+
+
+def _convert_state(state, owners, fn):
+    out = {**state, "state": dict(state["state"])}
+    for i, module in owners.items():
+        if i in out["state"]:
+            out["state"][i] = {k: fn(module, v) if torch.is_tensor(v) and v.dim() >= 1 else v
+                               for k, v in out["state"][i].items()}
+    return out
+
+
+def dense_optimizer_state(state, model, optimizer):
+    """optimizer.state_dict() of a model with SparseLinear layers, with each `values` moment scattered
+    into the (out, in) shape the masked model's weight has. The parameter numbering is already the
+    masked model's: a SparseLinear's `values` sits where nn.Linear's `weight` does."""
+    scatter = lambda m, v: to_dense(CSR(m.crow, m.col.int(), v.detach(), (m.out_features, m.in_features)))
+    return _convert_state(state, _values_owners(model, optimizer), scatter)
+
+
+def sparse_optimizer_state(state, model, optimizer):
+    """The inverse of dense_optimizer_state: dense-shaped moments gathered at each layer's pattern."""
+    def gather(m, v):
+        if v.shape != (m.out_features, m.in_features):
+            return v  # already the layer's own (nnz,) moment
+        rows = CSR(m.crow, m.col, m.values, (m.out_features, m.in_features)).row_ids()
+        return v[rows.to(v.device), m.col.long().to(v.device)]
+    return _convert_state(state, _values_owners(model, optimizer), gather)
