@@ -2,7 +2,8 @@
 Dense fine-tuning and evaluation (SPDF step 3): start from a (sparse) pre-trained checkpoint,
 lift the masks (pruned weights start at 0 and learn) and train every parameter on a downstream
 task; then decode the test set with beam search and score it with the task's official metrics.
---sparse=True keeps the masks instead (the paper's sparse fine-tuning baseline).
+--sparse=True keeps the masks instead (the paper's sparse fine-tuning baseline); with --kernel=csr its
+block matrices are sparse_kernels.SparseLinear, which skip the zeros (same mathematics, same checkpoint).
 --soft_prompt=N prepends N learned input vectors (MediSwift's soft prompting, Lester et al. 2021
 prompt tuning); --freeze_model=True trains those alone.
 
@@ -26,6 +27,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import checkpoint
+import sparse_kernels
 import sparsity as sp
 from checkpoint import checkpoint_dict, save_checkpoint
 from common import (autocast, check, check_finite, check_memory, check_writable_dir, completion_rows, lock_output,
@@ -44,6 +46,7 @@ DEFAULTS = dict(
     data="",                    # curation/summarization: CSV or JSON lines with article, summary
     init_from="",               # a pre-training checkpoint or out_dir (or a fine-tuned one), gpt2 or an HF GPT-2 folder
     sparse=False,               # keep the pre-training masks (sparse fine-tuning baseline)
+    kernel="masked",            # with --sparse=True: masked (dense matmuls on masked weights) | csr (zeros skipped)
     out_dir="out-finetune",
     eval_only=False,            # score init_from as it is, no training
     # optimization: a CPU toy recipe (minutes); the paper's (LoRA's GPT-2 recipe, grid-searched
@@ -88,6 +91,9 @@ def validate(cfg):
     for key in ("max_examples", "val_examples", "eval_examples", "warmup_iters", "no_repeat_ngram", "patience"):
         check(cfg[key] >= 0, f"--{key} must be non-negative, got {cfg[key]}")
     check(cfg["learning_rate"] > 0, "--learning_rate must be positive")
+    check(cfg["kernel"] in ("masked", "csr"), f"--kernel must be masked or csr, got {cfg['kernel']!r}")
+    check(cfg["kernel"] != "csr" or cfg["sparse"], "--kernel=csr needs --sparse=True: dense fine-tuning trains "
+          "every weight, so there are no zeros to skip")
     check(cfg["soft_prompt"] >= 0, f"--soft_prompt must be non-negative, got {cfg['soft_prompt']}")
     check(cfg["soft_prompt_lr"] == -1 or cfg["soft_prompt_lr"] > 0, "--soft_prompt_lr must be positive (or -1)")
     check(not cfg["freeze_model"] or cfg["soft_prompt"] > 0 or cfg["eval_only"],
@@ -168,6 +174,9 @@ def init_model(cfg, device):
         masks = {}  # SPDF: lift the masks, pruned weights start at 0 and train
     elif not masks and pretrain_sparsity > 0 and not cfg["eval_only"]:
         check(False, f"--sparse=True but {cfg['init_from']} holds no masks")
+    check(cfg["kernel"] != "csr" or masks, f"--kernel=csr needs a sparse checkpoint: {cfg['init_from']} holds no masks")
+    if cfg["kernel"] == "csr":  # only the kept weights remain, as parameters
+        sparse_kernels.to_sparse_model(model, masks)
     return model.to(device), sp.masks_to(masks, device), pretrain_sparsity, ckpt
 
 
@@ -182,7 +191,8 @@ def finetune(cfg, model, masks, train, val, device, pretrain_sparsity, prompt=No
     groups = [g for g in groups if g["params"]]
     trainable = [p for g in groups for p in g["params"]]
     optimizer = torch.optim.AdamW(groups, lr=cfg["learning_rate"])
-    sp.mask_optimizer_state(optimizer, model, masks)
+    step_masks = {} if cfg["kernel"] == "csr" else masks  # csr: nothing left to mask
+    sp.mask_optimizer_state(optimizer, model, step_masks)
     n_prompt = 0 if prompt is None else prompt.size(0)
     steps_per_epoch = math.ceil(len(train) / cfg["batch_size"])
     total_steps = steps_per_epoch * cfg["max_epochs"]
@@ -205,7 +215,7 @@ def finetune(cfg, model, masks, train, val, device, pretrain_sparsity, prompt=No
                 s, n = completion_loss(model, x, y, m, cfg["label_smoothing"], prompt)
             loss = s / n.clamp(min=1)
             loss.backward()
-            grad_norm = sp.optimizer_step(optimizer, model, masks, cfg["grad_clip"], trainable)  # empty masks: dense FT
+            grad_norm = sp.optimizer_step(optimizer, model, step_masks, cfg["grad_clip"], trainable)  # empty: dense FT
             check_finite(loss.item(), "the training loss", step + 1)
             check_finite(grad_norm, "the gradient norm", step + 1)
             # FLOPs of this step: every sequence at the padded length the model actually ran
@@ -226,7 +236,7 @@ def finetune(cfg, model, masks, train, val, device, pretrain_sparsity, prompt=No
         print(f"epoch {epoch + 1}: val loss {val_loss:.4f} (ppl {math.exp(min(val_loss, 50)):.2f})")
         if val_loss < best_val:
             best_val, bad_epochs = val_loss, 0
-            best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+            best_state = {k: v.detach().to("cpu", copy=True) for k, v in sparse_kernels.dense_state_dict(model).items()}
             best_prompt = None if prompt is None else prompt.detach().to("cpu", copy=True)
         else:
             bad_epochs += 1
@@ -242,6 +252,7 @@ def main(argv):
     cfg, overrides = parse_config(DEFAULTS, argv)
     validate(cfg)
     device = pick_device(cfg["device"])
+    check(cfg["kernel"] != "csr" or sparse_kernels.supports(device), f"--kernel=csr has no sparse kernel for {device}")
     torch.manual_seed(cfg["seed"])
     out_dir = Path(cfg["out_dir"] if "out_dir" in overrides or not cfg["eval_only"]
                    else (cfg["init_from"] if os.path.isdir(cfg["init_from"]) else os.path.dirname(cfg["init_from"])))
@@ -276,6 +287,7 @@ def main(argv):
         lock_output(out_dir, unchanged=[(out_dir / "ckpt.pt", None)])  # the folder is this run's
         prepare_run_dir(out_dir)
         best_state, best_prompt, log = finetune(cfg, model, masks, train, val, device, pretrain_sparsity, prompt)
+        sparse_kernels.to_dense_model(model)  # --kernel=csr: back to the masked model, which the state is of
         model.load_state_dict(best_state)
         if prompt is not None:
             with torch.no_grad():

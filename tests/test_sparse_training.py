@@ -129,3 +129,48 @@ def test_pretrain_csr_refuses_torchrun(tmp_path, shakespeare_dir, monkeypatch):
 
 def test_kernels_exist_for_cpu_only_here():
     assert sparse_kernels.supports("cpu") and not sparse_kernels.supports("mps")
+
+
+def finetune_run(out, ckpt, *args):
+    import finetune
+    return finetune.main([f"--init_from={ckpt}", f"--out_dir={out}", "--device=cpu", "--task=e2e", "--sparse=True",
+                          "--max_examples=16", "--batch_size=8", "--eval_examples=2", "--beam_size=1",
+                          "--max_new_tokens=4", *args])
+
+
+@pytest.mark.slow
+def test_sparse_finetuning_with_csr_equals_masked(tiny_ckpt, tmp_path, monkeypatch):
+    import metrics
+    monkeypatch.setattr(metrics.shutil, "which", lambda name: None)  # no JVM start-ups
+    masked = finetune_run(tmp_path / "masked", tiny_ckpt)
+    csr = finetune_run(tmp_path / "csr", tiny_ckpt, "--kernel=csr")
+    a = torch.load(tmp_path / "masked" / "ckpt.pt", weights_only=True)
+    b = torch.load(tmp_path / "csr" / "ckpt.pt", weights_only=True)
+    assert a["model"].keys() == b["model"].keys() and b["masks"].keys() == a["masks"].keys()  # one format
+    assert abs(a["best_val_loss"] - b["best_val_loss"]) <= 1e-5 * abs(a["best_val_loss"])
+    for name, mask in b["masks"].items():
+        assert not b["model"][name][~mask].any()  # still sparse
+        # Adam divides by sqrt(v): a weight whose gradients are near 0 moves a rounding error furthest
+        torch.testing.assert_close(b["model"][name], a["model"][name], rtol=1e-4, atol=1e-5)
+    assert csr["flops"] == masked["flops"]
+
+
+def test_finetune_refuses_csr_without_sparse_or_masks(tmp_path, shakespeare_dir):
+    with pytest.raises(UsageError, match="needs --sparse=True"):
+        finetune_run(tmp_path / "a", tmp_path, "--sparse=False", "--kernel=csr")
+    run_pretrain(tmp_path / "dense", shakespeare_dir, "--max_iters=1", "--eval_interval=1", "--block_size=64")
+    with pytest.raises(UsageError, match="holds no masks"):
+        finetune_run(tmp_path / "b", tmp_path / "dense", "--kernel=csr")
+    assert not (tmp_path / "b").exists()
+
+
+def test_continued_pretraining_from_a_masked_checkpoint_runs_on_csr(tiny_ckpt, tmp_path, shakespeare_dir):
+    # as after related.sparsegpt: --init_from a checkpoint whose masks the run keeps
+    source = torch.load(tiny_ckpt / "ckpt.pt", weights_only=True)
+    run_pretrain(tmp_path, shakespeare_dir, f"--init_from={tiny_ckpt / 'ckpt.pt'}", "--kernel=csr",
+                 "--block_size=64", "--max_iters=2", "--eval_interval=2")
+    ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    assert ckpt["config"]["sparsity"] == 0.75 and ckpt["config"]["kernel"] == "csr"
+    for name, mask in source["masks"].items():
+        assert torch.equal(ckpt["masks"][name], mask) and not ckpt["model"][name][~mask].any()
+    assert not torch.equal(ckpt["model"][name], source["model"][name])  # it trained
