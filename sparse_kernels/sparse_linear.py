@@ -113,7 +113,7 @@ class SparseLinear(nn.Module):
         self.register_buffer("col", csr.col.to(index))
         self.register_buffer("crow_t", csr_t.crow)
         self.register_buffer("col_t", csr_t.col.to(index))
-        self.register_buffer("perm", perm)
+        self.register_buffer("perm", perm.int())  # int32: half the bytes of argsort's int64, nnz < 2**31
         # the kernels' per-pattern plans for W and W.T (see CSR.cache), kept across steps
         self.kernel_cache, self.kernel_cache_t = {}, {}
 

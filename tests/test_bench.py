@@ -27,6 +27,24 @@ def test_bench_gradient_accumulation_counts_every_micro_batch():
     assert four[0]["tokens_per_s"] == pytest.approx(4 * 2 * 16 / (four[0]["step_ms"] / 1000))
 
 
+def test_bench_csr_times_a_third_run_on_the_sparse_kernels(tmp_path):
+    out = tmp_path / "b.json"
+    runs = bench.main(["--device=cpu", "--model=tiny", "--batch_size=2", "--block_size=16", "--steps=1", "--warmup=0",
+                       "--kernel=csr", f"--json={out}"])
+    assert [r["kernel"] for r in runs] == ["dense", "masked", "csr"] and runs[2]["sparsity"] == 0.75
+    assert runs[2]["step_ms"] > 0 and set(runs[2]["phases_ms"]) == set(runs[1]["phases_ms"])  # phase by phase
+    assert json.loads(out.read_text())["csr"]["kernel"] == "csr"
+
+
+@pytest.mark.slow
+def test_bench_memory_measures_each_run_alone():
+    runs = bench.main(["--device=cpu", "--model=tiny", "--batch_size=2", "--block_size=16", "--steps=1", "--warmup=0",
+                       "--kernel=csr", "--memory=True"])
+    assert all(r["peak_memory_gb"] > 0 for r in runs)  # the model, its gradients and AdamW state at least
+    with pytest.raises(UsageError, match="--kernel must be"):
+        bench.main(["--kernel=blocked"])
+
+
 def test_bench_rejects_bad_sparsity():
     with pytest.raises(UsageError, match="sparsity"):
         bench.main(["--sparsity=1.0"])

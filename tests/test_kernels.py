@@ -222,7 +222,9 @@ def test_bench_layer_and_cli_errors(ext):
     from common import UsageError
     from tools import kernel_bench as bench
     times, err = bench.bench_layer("cpu", 64, 48, 0.75, 32, 1, torch.Generator().manual_seed(0))
-    assert set(times) == {"dense", "torch_sparse", "ours"} and err < 1e-5
+    assert set(times) == {"dense", "torch_sparse", "ours", "dense_dx", "ours_dx", "dense_dw", "ours_dw",
+                          "dense_fwd_bwd", "ours_fwd_bwd"} and err < 1e-5
+    assert all(t > 0 for t in times.values())
     with pytest.raises(UsageError):
         bench.main(["--sparsity", "1.5"])
     with pytest.raises(UsageError):

@@ -9,7 +9,10 @@ Each layer computes y = x @ W.T with x (tokens, in) and a random unstructured ma
 sparsity. The three methods are timed interleaved (dense, torch.sparse, ours, dense, ...) and
 the best of --repeats is kept, so a burst of load from other processes hits all of them alike.
 Speedups are time ratios from the same run, of the best times ("vs dense") and of the median times
-("median"); "ideal" is 1 / (1 - s), the FLOP ratio. The header names the CPU model and vector ISA
+("median"); "ideal" is 1 / (1 - s), the FLOP ratio. Three more columns are training's, each ours against
+dense in the same run: "dy@W" the input gradient (our kernel on the transposed CSR), "SDDMM" the weight
+gradient at the nonzeros against dense dy.T @ x, "fwd+bwd" a whole SparseLinear forward and backward
+against nn.Linear's. The header names the CPU model and vector ISA
 and the load average at the start (other processes on the machine make every time longer).
 Then greedy generation: the masked dense GPT against the same GPT converted to SparseLinear,
 tokens per second on the CPU, and whether both produced the same tokens; --profile_tokens=N also says
@@ -31,7 +34,8 @@ from types import SimpleNamespace
 import torch
 
 from common import UsageError, check, check_output_file, parse_config, run_cli
-from sparse_kernels import SparseLinear, csr_matmul, to_csr, to_sparse_model
+from sparse_kernels import CSR, SparseLinear, csr_matmul, to_csr, to_sparse_model, transpose_plan
+from sparse_kernels.sparse_linear import _sddmm as sddmm
 
 # (model, layer, out_features, in_features): the MLP matrices, the largest of each model
 SHAPES = [("gpt2-small", "c_fc", 3072, 768), ("gpt2-small", "c_proj", 768, 3072),
@@ -85,10 +89,30 @@ def bench_layer(device, m, k, sparsity, tokens, repeats, gen, samples=None):
     with warnings.catch_warnings():  # torch's CSR is the baseline here; its "beta" notice is noise
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
         ours_csr, torch_csr = to_csr(w), w.to_sparse_csr()
+    # training's other two products: the input gradient dy @ W (ours: the transposed CSR, values refreshed
+    # by one gather as SparseLinear does) and the weight gradient at the nonzeros (SDDMM), then a whole
+    # SparseLinear forward+backward against nn.Linear's
+    dy = torch.randn(tokens, m, generator=gen).to(device)
+    csr_t, perm = transpose_plan(ours_csr)
+    lin = torch.nn.Linear(k, m, bias=False).to(device)
+    with torch.no_grad():
+        lin.weight.copy_(w)
+    sl = SparseLinear(ours_csr).to(device)
+    xg = x.clone().requires_grad_()
+
+    def fwd_bwd(layer):
+        layer(xg).backward(dy)
+        xg.grad = None
     methods = {
         "dense": lambda: torch.matmul(x, w.t()),
         "torch_sparse": lambda: torch.sparse.mm(torch_csr, x.t()).t(),
         "ours": lambda: csr_matmul(ours_csr, x),
+        "dense_dx": lambda: torch.matmul(dy, w),
+        "ours_dx": lambda: csr_matmul(CSR(csr_t.crow, csr_t.col, ours_csr.values[perm], csr_t.shape, csr_t.cache), dy),
+        "dense_dw": lambda: torch.matmul(dy.t(), x),
+        "ours_dw": lambda: sddmm(ours_csr, dy, x),
+        "dense_fwd_bwd": lambda: fwd_bwd(lin),
+        "ours_fwd_bwd": lambda: fwd_bwd(sl),
     }
     if device == "cuda":
         wb, xb = w.bfloat16(), x.bfloat16()
@@ -184,7 +208,8 @@ def _fmt(t):
 
 def table_header(cuda):
     head = (f"{'device':6s} {'layer':18s} {'out x in':>11s} {'s':>5s} {'dense ms':>9s} {'t.sparse':>9s} "
-            f"{'ours ms':>9s} {'vs dense':>8s} {'median':>7s} {'vs t.sp':>8s} {'ideal':>6s}")
+            f"{'ours ms':>9s} {'vs dense':>8s} {'median':>7s} {'vs t.sp':>8s} {'ideal':>6s} "
+            f"{'dy@W':>6s} {'SDDMM':>6s} {'fwd+bwd':>7s}")
     return head + (f" {'dense bf16':>10s} {'ours bf16':>9s}" if cuda else "")
 
 
@@ -193,7 +218,8 @@ def table_line(r, cuda):
     line = (f"{r['device']:6s} {r['model'] + ' ' + r['layer']:18s} {r['out']:>5d}x{r['in']:<5d} {r['sparsity']:5.2f} "
             f"{_fmt(t['dense'])} {_fmt(t['torch_sparse'])} {_fmt(t['ours'])} "
             f"{r['speedup_vs_dense']:7.2f}x {r['speedup_vs_dense_median']:6.2f}x "
-            f"{r['speedup_vs_torch_sparse']:7.2f}x {r['ideal']:5.1f}x")
+            f"{r['speedup_vs_torch_sparse']:7.2f}x {r['ideal']:5.1f}x "
+            f"{r['speedup_dx']:5.2f}x {r['speedup_dw']:5.2f}x {r['speedup_fwd_bwd']:6.2f}x")
     return line + (f" {_fmt(t.get('dense_bf16')):>10s} {_fmt(t.get('ours_bf16'))}" if cuda else "")
 
 
@@ -264,6 +290,9 @@ def main(argv):
                                  speedup_vs_dense=times["dense"] / times["ours"],
                                  speedup_vs_dense_median=med["dense"] / med["ours"],
                                  speedup_vs_torch_sparse=times["torch_sparse"] / times["ours"],
+                                 speedup_dx=times["dense_dx"] / times["ours_dx"],
+                                 speedup_dw=times["dense_dw"] / times["ours_dw"],
+                                 speedup_fwd_bwd=times["dense_fwd_bwd"] / times["ours_fwd_bwd"],
                                  ideal=1 / (1 - s), max_rel_err=err))
                 print(table_line(rows[-1], "cuda" in devices), flush=True)
     result = dict(date=started, command="python -m tools.kernel_bench " + " ".join(argv),
