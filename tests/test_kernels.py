@@ -128,7 +128,7 @@ def test_sddmm_matches_masked_outer_product(ext):
 
 @pytest.mark.slow
 def test_sddmm_across_row_blocks_column_blocks_and_a_partial_tile(ext):
-    # more rows than one row block (1024), more columns than one column block (128 or 256), a token
+    # more rows than one row block (512), more columns than one column block (96 or 192 at 75 %), a token
     # count that leaves a partial tile, int16 columns as SparseLinear keeps them, and cached bounds
     w = masked(1100, 300, 0.75, empty_rows=(5, 1050))
     c = to_csr(w)
