@@ -88,7 +88,8 @@ class _CSRLinearFn(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             # index_select: 0.6x the time of values[perm] on the CPU (a gather of every kept weight, per step)
             values_t = values.index_select(0, layer.perm)
-            csr_t = CSR(layer.crow_t, layer.col_t, values_t, (layer.in_features, layer.out_features), layer.kernel_cache_t)
+            csr_t = CSR(layer.crow_t, layer.col_t, values_t, (layer.in_features, layer.out_features),
+                        layer.kernel_cache_t)
             grad_x = _spmm2d(csr_t, dy2).to(x2.dtype).reshape(ctx.x_shape)
         if ctx.needs_input_grad[1]:
             grad_values = _sddmm(layer.pattern(values), dy2, x2).to(values.dtype)
