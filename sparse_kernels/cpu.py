@@ -68,4 +68,5 @@ def sddmm(csr, dy2, x2):
     ext = extension()
     if ext is None:
         return sddmm_reference(csr, dy2, x2)
-    return ext.sddmm(csr.crow, csr.col, dy2.float(), x2.float(), _bounds(ext, csr, ext.sddmm_cols(csr.shape[1], csr.nnz, csr.shape[0])))
+    kb = ext.sddmm_cols(csr.shape[1], csr.nnz, csr.shape[0])
+    return ext.sddmm(csr.crow, csr.col, dy2.float(), x2.float(), _bounds(ext, csr, kb))

@@ -470,44 +470,43 @@ static inline float hsum(const vec& a) {
   return s;
 }
 
+#ifdef __AVX2__
+// the dot products of the dy tile d (V vectors, in registers) with the packed x tiles of four columns
+// (their offsets in the tile, in columns), as one 128-bit vector [dot j0, dot j1, dot j2, dot j3]
+static inline __m128 dot4(const vec* d, const float* xt, int64_t j0, int64_t j1, int64_t j2, int64_t j3) {
+  constexpr int TILE = SDDMM_TILE, V = TILE / VW;
+  const vec *x0 = (const vec*)(xt + j0 * TILE), *x1 = (const vec*)(xt + j1 * TILE);
+  const vec *x2 = (const vec*)(xt + j2 * TILE), *x3 = (const vec*)(xt + j3 * TILE);
+  vec a0 = d[0] * x0[0], a1 = d[0] * x1[0], a2 = d[0] * x2[0], a3 = d[0] * x3[0];
+  for (int u = 1; u < V; u++) {
+    a0 += d[u] * x0[u];
+    a1 += d[u] * x1[u];
+    a2 += d[u] * x2[u];
+    a3 += d[u] * x3[u];
+  }
+  return hsum4(a0, a1, a2, a3);
+}
+#endif
+
 // one row's entries [p, end) against its dy tile d (V vectors, in registers), added into g
 template <typename Index>
 static inline void sddmm_row(const vec* d, const Index* col, int64_t p, int64_t end, const float* xt, int64_t c0,
                              float* g) {
-  constexpr int TILE = SDDMM_TILE, V = TILE / VW;
 #ifdef __AVX2__
-  for (; p + 4 <= end; p += 4) {
-    const vec* x0 = (const vec*)(xt + ((int64_t)col[p] - c0) * TILE);
-    const vec* x1 = (const vec*)(xt + ((int64_t)col[p + 1] - c0) * TILE);
-    const vec* x2 = (const vec*)(xt + ((int64_t)col[p + 2] - c0) * TILE);
-    const vec* x3 = (const vec*)(xt + ((int64_t)col[p + 3] - c0) * TILE);
-    vec a0 = d[0] * x0[0], a1 = d[0] * x1[0], a2 = d[0] * x2[0], a3 = d[0] * x3[0];
-    for (int u = 1; u < V; u++) {
-      a0 += d[u] * x0[u];
-      a1 += d[u] * x1[u];
-      a2 += d[u] * x2[u];
-      a3 += d[u] * x3[u];
-    }
-    _mm_storeu_ps(g + p, _mm_add_ps(_mm_loadu_ps(g + p), hsum4(a0, a1, a2, a3)));
-  }
-  // 1-3 entries left: one more hsum4, with the unused lanes computed on a repeated column and dropped
-  // (a horizontal sum per entry costs more than the FMAs of a whole group)
+  for (; p + 4 <= end; p += 4)
+    _mm_storeu_ps(g + p, _mm_add_ps(_mm_loadu_ps(g + p), dot4(d, xt, col[p] - c0, col[p + 1] - c0,
+                                                              col[p + 2] - c0, col[p + 3] - c0)));
+  // 1-3 entries left: one more dot4, its unused lanes on a repeated column and dropped (a horizontal
+  // sum per entry costs more than the FMAs of a whole group)
   if (p < end) {
     const int r = (int)(end - p);
-    const vec* x0 = (const vec*)(xt + ((int64_t)col[p] - c0) * TILE);
-    const vec* x1 = (const vec*)(xt + ((int64_t)col[r > 1 ? p + 1 : p] - c0) * TILE);
-    const vec* x2 = (const vec*)(xt + ((int64_t)col[r > 2 ? p + 2 : p] - c0) * TILE);
-    vec a0 = d[0] * x0[0], a1 = d[0] * x1[0], a2 = d[0] * x2[0];
-    for (int u = 1; u < V; u++) {
-      a0 += d[u] * x0[u];
-      a1 += d[u] * x1[u];
-      a2 += d[u] * x2[u];
-    }
+    const int64_t j0 = col[p] - c0, j1 = col[r > 1 ? p + 1 : p] - c0, j2 = col[r > 2 ? p + 2 : p] - c0;
     float t[4];
-    _mm_storeu_ps(t, hsum4(a0, a1, a2, a2));
+    _mm_storeu_ps(t, dot4(d, xt, j0, j1, j2, j2));
     for (int q = 0; q < r; q++) g[p + q] += t[q];
   }
 #else
+  constexpr int TILE = SDDMM_TILE, V = TILE / VW;
   for (; p < end; p++) {
     const vec* xr = (const vec*)(xt + ((int64_t)col[p] - c0) * TILE);
     vec a = d[0] * xr[0];
