@@ -2,8 +2,8 @@
 
     python results/cpu_training/layers_by_tokens.py TOKENS SPARSITY
 """
-import sys, time, torch
-sys.path.insert(0, __import__('os').path.join(__import__('os').path.dirname(__import__('os').path.abspath(__file__)), '..', '..'))
+import os, sys, time, torch
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..'))  # the repository root
 from sparse_kernels import to_csr, transpose_plan, CSR
 from sparse_kernels import cpu
 torch.set_num_threads(2)

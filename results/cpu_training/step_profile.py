@@ -2,8 +2,8 @@
 
     python results/cpu_training/step_profile.py SPARSITY
 """
-import sys, torch, time
-sys.path.insert(0, __import__('os').path.join(__import__('os').path.dirname(__import__('os').path.abspath(__file__)), '..', '..'))
+import os, sys, torch
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..'))  # the repository root
 import sparsity as sp, sparse_kernels
 from model import GPT, preset_config
 torch.set_num_threads(2)
@@ -11,7 +11,6 @@ s = float(sys.argv[1]) if len(sys.argv) > 1 else 0.75
 cfg = preset_config('gpt2-small', 256)
 torch.manual_seed(0)
 idx = torch.randint(0, 50257, (4, 256)); tgt = torch.randint(0, 50257, (4, 256))
-res = {}
 for kind in ('dense', 'csr'):
     torch.manual_seed(0)
     m = GPT(cfg)
