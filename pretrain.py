@@ -11,11 +11,9 @@ Related systems (their logic lives in their own modules):
   python -m related.sparsegpt --ckpt=out/ckpt.pt --sparsity=0.5 --out=pruned.pt    SparseGPT one-shot prune, then
   python pretrain.py --init_from=pruned.pt --out_dir=out-sgpt               sparse pre-training with its masks
   --sparsity=0.9 --densify_at=0.87         Variable SPDF: sparse, then dense from 87% of max_iters on
-  --init_from=out/ckpt.pt --out_dir=out-sat --omit_rate=0.5   SAT-style neuron omission, ladder down to
-                                           dense (omission.py)
-  --sparsity=0.75 --kernel=csr             the six block matrices as sparse_kernels.SparseLinear: only the kept
-                                           weights, their gradients and AdamW moments exist, the step skips the
-                                           zeros; same mathematics and checkpoints as the default --kernel=masked
+  --init_from=out/ckpt.pt --out_dir=out-sat --omit_rate=0.5   SAT-style neuron omission (related/omission.py)
+  --sparsity=0.75 --kernel=csr             the six block matrices as sparse_kernels.SparseLinear (only the kept
+                                           weights, gradients, AdamW moments), same mathematics and checkpoints as masked
 
 Arguments: config files (Python assignments) and --key=value (or --key value) overrides of DEFAULTS.
 """
