@@ -63,10 +63,17 @@ def _bounds(ext, csr, kb):
     return hit[1]
 
 
-def sddmm(csr, dy2, x2):
-    """Weight gradient at the nonzeros: (nnz,) fp32."""
+def sddmm(csr, dy2, x2, transposed=None):
+    """Weight gradient at the nonzeros: (nnz,) fp32. transposed: (csr_t, perm) from transpose_plan, if the
+    caller keeps them; a layer wider in than out then runs on W.T's pattern (the packed operand is the
+    narrow one), its sums scattered back through perm."""
     ext = extension()
     if ext is None:
         return sddmm_reference(csr, dy2, x2)
-    kb = ext.sddmm_cols(csr.shape[1], csr.nnz, csr.shape[0])
+    m, k = csr.shape
+    if transposed is not None and k > m:
+        csr_t, perm = transposed
+        kb = ext.sddmm_cols(m, csr.nnz, k)
+        return ext.sddmm(csr_t.crow, csr_t.col, x2.float(), dy2.float(), _bounds(ext, csr_t, kb), perm.int())
+    kb = ext.sddmm_cols(k, csr.nnz, m)
     return ext.sddmm(csr.crow, csr.col, dy2.float(), x2.float(), _bounds(ext, csr, kb))

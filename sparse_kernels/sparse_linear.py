@@ -61,11 +61,12 @@ def csr_matmul(csr, x, bias=None):
     return y.to(x.dtype).reshape(*x.shape[:-1], csr.shape[0])
 
 
-def _sddmm(csr, dy2, x2):
+def _sddmm(csr, dy2, x2, transposed=None):
+    """transposed: (W.T's CSR, perm) from transpose_plan, which the CPU kernel uses when W is wider in than out."""
     if _triton(dy2):
         return triton_csr.sddmm(csr, dy2, x2)
     if dy2.device.type == "cpu":
-        return cpu.sddmm(csr, dy2, x2)
+        return cpu.sddmm(csr, dy2, x2, transposed)
     return sddmm_reference(csr, dy2, x2)  # another device, or CUDA without Triton
 
 
@@ -85,14 +86,15 @@ class _CSRLinearFn(torch.autograd.Function):
         layer = ctx.layer
         dy2 = _flat(dy, layer.out_features)
         grad_x = grad_values = grad_bias = None
+        shape_t = (layer.in_features, layer.out_features)
         if ctx.needs_input_grad[0]:
             # index_select: 0.6x the time of values[perm] on the CPU (a gather of every kept weight, per step)
             values_t = values.index_select(0, layer.perm)
-            csr_t = CSR(layer.crow_t, layer.col_t, values_t, (layer.in_features, layer.out_features),
-                        layer.kernel_cache_t)
+            csr_t = CSR(layer.crow_t, layer.col_t, values_t, shape_t, layer.kernel_cache_t)
             grad_x = _spmm2d(csr_t, dy2).to(x2.dtype).reshape(ctx.x_shape)
         if ctx.needs_input_grad[1]:
-            grad_values = _sddmm(layer.pattern(values), dy2, x2).to(values.dtype)
+            pattern_t = CSR(layer.crow_t, layer.col_t, values, shape_t, layer.kernel_cache_t)  # values unused
+            grad_values = _sddmm(layer.pattern(values), dy2, x2, (pattern_t, layer.perm)).to(values.dtype)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_bias = dy2.float().sum(0).to(dy.dtype)
         return grad_x, grad_values, grad_bias, None

@@ -140,6 +140,20 @@ def test_sddmm_across_row_blocks_column_blocks_and_a_partial_tile(ext):
 
 
 @pytest.mark.slow
+def test_sddmm_of_a_wide_layer_on_the_transposed_pattern_lands_in_csr_order(ext):
+    # in_features > out_features: the kernel runs on W.T's pattern (more than one row block of it) and
+    # scatters each sum back through perm; the result is in W's CSR order, as without the plan
+    w = masked(90, 1100, 0.75, empty_rows=(4,))
+    c = to_csr(w)
+    c_t, perm = transpose_plan(c)
+    dy, x = torch.randn(150, 90), torch.randn(150, 1100)
+    expect = (dy.t() @ x)[w != 0]
+    narrow_t = sparse_kernels.CSR(c_t.crow, c_t.col.to(torch.int16), c_t.values, c_t.shape)
+    for plan in ((c_t, perm), (narrow_t, perm.int()), (narrow_t, perm.int())):
+        torch.testing.assert_close(cpu.sddmm(c, dy, x, plan), expect, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("tokens", [3, 77])
 def test_sparse_linear_grads_equal_masked_dense(ext, tokens):
     lin, mask, sl = masked_linear(72, 40, empty_row=7)

@@ -110,7 +110,7 @@ def bench_layer(device, m, k, sparsity, tokens, repeats, gen, samples=None):
         "dense_dx": lambda: torch.matmul(dy, w),
         "ours_dx": lambda: csr_matmul(CSR(csr_t.crow, csr_t.col, ours_csr.values[perm], csr_t.shape, csr_t.cache), dy),
         "dense_dw": lambda: torch.matmul(dy.t(), x),
-        "ours_dw": lambda: sddmm(ours_csr, dy, x),
+        "ours_dw": lambda: sddmm(ours_csr, dy, x, (csr_t, perm)),  # as SparseLinear calls it
         "dense_fwd_bwd": lambda: fwd_bwd(lin),
         "ours_fwd_bwd": lambda: fwd_bwd(sl),
     }
