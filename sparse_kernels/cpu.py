@@ -43,24 +43,35 @@ def spmm(csr, x2, bias=None):
     if ext is None:
         y = csr_matmul_reference(csr, x2.float())
         return y if bias is None else y + bias.float()
-    return ext.spmm(csr.crow, csr.col, csr.values.float(), None if bias is None else bias.float(),
-                    x2.float(), csr.shape[0], _bounds(ext, csr, ext.block_cols(x2.shape[0], csr.nnz, *csr.shape)))
+    kb = ext.block_cols(x2.shape[0], csr.nnz, *csr.shape)
+    return ext.spmm(csr.crow, csr.col, csr.values.float(), None if bias is None else bias.float(), x2.float(),
+                    csr.shape[0], _bounds(ext, csr, kb), None if kb else bitmap(ext, csr.crow, csr.col, csr.shape[1], csr.cache))
+
+
+def plan(cache, crow, col, key, make):
+    """What a kernel derives from the pattern (crow, col) alone: make() once, then kept in cache under key."""
+    try:  # the same tensors, unmodified (in-place writes, e.g. load_state_dict, bump _version)
+        stamp = (crow.data_ptr(), col.data_ptr(), crow._version, col._version, crow.numel(), col.numel())
+    except RuntimeError:  # inference tensors keep no version: compute it every call
+        return None
+    hit = cache.get(key)
+    if hit is None or hit[0] != stamp:
+        hit = cache[key] = (stamp, make())
+    return hit[1]
 
 
 def _bounds(ext, csr, kb):
-    """Where each row's entries cross into the next block of kb columns (the tiled kernels' plan): a
-    function of the pattern, so it is computed once per CSR and block width and kept in csr.cache."""
+    """Where each row's entries cross into the next block of kb columns (the tiled kernels' plan)."""
     if kb == 0:
-        return None  # few tokens: the gather path needs no plan
-    try:  # the same tensors, unmodified (in-place writes, e.g. load_state_dict, bump _version)
-        stamp = (csr.crow.data_ptr(), csr.col.data_ptr(), csr.crow._version, csr.col._version, csr.shape, csr.nnz)
-    except RuntimeError:  # inference tensors keep no version: compute it every call
-        return None
-    key = ("cpu_bounds", kb)
-    hit = csr.cache.get(key)
-    if hit is None or hit[0] != stamp:
-        hit = csr.cache[key] = (stamp, ext.bounds(csr.crow, csr.col, csr.shape[1], kb))
-    return hit[1]
+        return None  # few tokens: no column blocks
+    return plan(csr.cache, csr.crow, csr.col, ("cpu_bounds", kb, csr.shape[1]),
+                lambda: ext.bounds(csr.crow, csr.col, csr.shape[1], kb))
+
+
+def bitmap(ext, crow, col, k, cache):
+    """The pattern as one bit per weight, which the product of fewer than 8 tokens reads in place of the
+    column indices (empty where that does not pay)."""
+    return plan(cache, crow, col, ("cpu_bitmap", k), lambda: ext.bitmap(crow, col, k))
 
 
 def sddmm(csr, dy2, x2, transposed=None):

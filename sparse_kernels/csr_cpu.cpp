@@ -42,6 +42,11 @@ constexpr int VW = 16;
 constexpr int VW = 8;  // AVX2 (and, two registers per value, plain SSE)
 #endif
 typedef float vec __attribute__((vector_size(VW * 4)));
+static inline float hsum(const vec& a) {
+  float s = 0.f;
+  for (int l = 0; l < VW; l++) s += a[l];
+  return s;
+}
 constexpr int NACC = 8;                    // accumulator registers per row
 constexpr int BIG_TILE = NACC * VW;        // tokens per tile: 64 with AVX2, 128 with AVX-512
 constexpr int64_t SLAB_BYTES = 32 * 1024;  // one (KB, TILE) slab of x: the size of L1, half of L2
@@ -369,6 +374,62 @@ static void spmm_gather(const int* crow, const Index* col, const float* val, con
   });
 }
 
+// With AVX-512, the gather path again with each row's pattern as a bitmap (one bit per weight, 64
+// to a word) in place of its column indices: at 75 % sparsity 4.5 bytes per kept weight instead of
+// 6, and the stream of W is what a generated token waits on. A chunk of 16 columns takes its mask
+// from the bitmap, loads the next popcount(mask) values and spreads them into the lanes the mask
+// marks (vexpandps), then one FMA with 16 contiguous floats of x. The counts come straight from the
+// bitmap in memory, so a chunk's offset does not wait on the previous chunk's loads; the masks are
+// loaded from memory too (kmovw), leaving the shuffle port to the expand. x is read as a padded copy
+// (zeros past K), since a word's lanes past K meet x there. With AVX2 the same idea (an 8-lane
+// permute from a table per 8-bit mask) was slower than the scalar gather: 7.1 against 6.2 ms for
+// gpt2-small's block matrices per token (sparse_kernels/README.md), so AVX2 keeps the gather.
+#ifdef __AVX512F__
+constexpr int64_t BITMAP_MIN_PERMILLE = 125;  // below 1/8 density most chunks hold one entry or none
+constexpr int CHUNKS = 4;                      // 16-column chunks per 64-bit word
+
+// m: the chunk's 16 bits in the bitmap, n = popcount. FULL: the 16 floats from v lie inside the
+// values array (the usual case), so one plain load takes them; else a masked load touches only n.
+template <bool FULL>
+static inline __m512 chunk(const float* v, const uint16_t* m, int n) {
+  const __mmask16 k = _load_mask16((__mmask16*)m);  // the intrinsic takes no const
+  return _mm512_maskz_expand_ps(k, FULL ? _mm512_loadu_ps(v) : _mm512_maskz_loadu_ps((__mmask16)((1u << n) - 1), v));
+}
+
+// a row's dot product with x: its values start at p; the array holds nnz
+static float bitmap_dot(const uint64_t* bits, int64_t words, const float* val, int64_t p, int64_t nnz, const float* x) {
+  __m512 acc[CHUNKS] = {};
+  for (int64_t w = 0; w < words; w++) {
+    const uint16_t* cb = (const uint16_t*)(bits + w);
+    _mm_prefetch((const char*)(val + p + GATHER_AHEAD), _MM_HINT_T0);
+    _mm_prefetch((const char*)(bits + w + GATHER_AHEAD / 16), _MM_HINT_T0);
+    int n[CHUNKS];
+    for (int c = 0; c < CHUNKS; c++) n[c] = __builtin_popcount(cb[c]);
+    const bool full = p + 64 <= nnz;  // a word's chunks read at most 64 values on from p
+    for (int c = 0; c < CHUNKS; c++) {
+      const __m512 v = full ? chunk<true>(val + p, cb + c, n[c]) : chunk<false>(val + p, cb + c, n[c]);
+      acc[c] = _mm512_fmadd_ps(v, _mm512_loadu_ps(x + w * 64 + c * 16), acc[c]);
+      p += n[c];
+    }
+  }
+  return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])));
+}
+
+static void spmm_bitmap(const int* crow, const uint64_t* bits, const float* val, const float* bias,
+                        const float* x, float* y, int64_t N, int64_t K, int64_t M) {
+  const int64_t words = (K + 63) / 64;
+  std::vector<float> xpad(N * words * 64, 0.f);
+  for (int64_t t = 0; t < N; t++)
+    std::copy(x + t * K, x + (t + 1) * K, xpad.data() + t * words * 64);
+  at::parallel_for(0, M, grain(M, (int64_t)crow[M] * N, MIN_GATHER), [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; i++)
+      for (int64_t t = 0; t < N; t++)
+        y[t * M + i] = bitmap_dot(bits + i * words, words, val, crow[i], crow[M], xpad.data() + t * words * 64)
+                       + (bias ? bias[i] : 0.f);
+  });
+}
+#endif
+
 // Column indices come as int32 (the CSR format) or int16 (SparseLinear's copy when the width
 // allows): a quarter fewer bytes to stream per nonzero, which is what generation is bound by.
 template <typename F>
@@ -394,17 +455,40 @@ torch::Tensor bounds(torch::Tensor crow, torch::Tensor col, int64_t K, int64_t K
   return bnd;
 }
 
+// The pattern as bitmaps for spmm_bitmap, (M, ceil(K / 64)) words in an int64 tensor; an empty tensor
+// where that path does not pay (density below 1/8) or does not exist (no AVX-512)
+torch::Tensor bitmap(torch::Tensor crow, torch::Tensor col, int64_t K) {
+  TORCH_CHECK(crow.scalar_type() == torch::kInt, "bitmap: int32 row pointers");
+  const int64_t M = crow.numel() - 1, words = (K + 63) / 64;
+  auto bits = torch::zeros({0}, crow.options().dtype(torch::kLong));
+#ifdef __AVX512F__
+  if (col.numel() * 1000 < BITMAP_MIN_PERMILLE * M * K) return bits;
+  bits = torch::zeros({M * words}, crow.options().dtype(torch::kLong));
+  uint64_t* bp = (uint64_t*)bits.data_ptr<int64_t>();
+  const int* cr = crow.data_ptr<int>();
+  with_index(col, [&](auto cl) {
+    for (int64_t i = 0; i < M; i++)
+      for (int64_t p = cr[i]; p < cr[i + 1]; p++) bp[i * words + cl[p] / 64] |= uint64_t{1} << (cl[p] % 64);
+  });
+#endif
+  return bits;
+}
+
 // bnd: bounds(crow, col, K, block_cols(N, nnz, M, K)) when the caller keeps it, else computed here
+// bits: bitmap(crow, col, K), which fewer than 8 tokens then read in place of col when it is not empty
 torch::Tensor spmm(torch::Tensor crow, torch::Tensor col, torch::Tensor val,
-                   c10::optional<torch::Tensor> bias, torch::Tensor x, int64_t M, c10::optional<torch::Tensor> bnd) {
-  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == torch::kFloat && val.scalar_type() == torch::kFloat,
-              "spmm: x (N, K) and values must be float32");
+                   c10::optional<torch::Tensor> bias, torch::Tensor x, int64_t M, c10::optional<torch::Tensor> bnd,
+                   c10::optional<torch::Tensor> bits) {
+  TORCH_CHECK(x.dim() >= 1 && x.scalar_type() == torch::kFloat && val.scalar_type() == torch::kFloat,
+              "spmm: x (..., K) and values must be float32");
   TORCH_CHECK(crow.scalar_type() == torch::kInt, "spmm: int32 row pointers");
-  x = x.contiguous();
+  auto y_shape = x.sizes().vec();  // (..., M): x's leading dimensions are tokens too (batch, time)
+  y_shape.back() = M;
+  x = x.reshape({-1, x.size(-1)}).contiguous();
   const int64_t N = x.size(0), K = x.size(1), KB = block_cols(N, val.numel(), M, K);
   TORCH_CHECK(K * 256 < (int64_t{1} << 31), "spmm: in_features too large for 32-bit tile offsets");
-  auto y = torch::empty({N, M}, x.options());
-  if (K == 0) return bias.has_value() ? bias->expand({N, M}).contiguous() : y.zero_();  // an empty sum
+  auto y = torch::empty(y_shape, x.options());
+  if (K == 0) return bias.has_value() ? bias->expand(y_shape).contiguous() : y.zero_();  // an empty sum
   if (KB > 0 && !bnd.has_value()) bnd = bounds(crow, col, K, KB);
   TORCH_CHECK(KB == 0 || bnd->numel() == M * ((K + KB - 1) / KB + 1), "spmm: bounds made for another shape");
   const int* bd = KB > 0 ? bnd->data_ptr<int>() : nullptr;
@@ -413,6 +497,13 @@ torch::Tensor spmm(torch::Tensor crow, torch::Tensor col, torch::Tensor val,
   const float* v = val.data_ptr<float>();
   const float* xp = x.data_ptr<float>();
   float* yp = y.data_ptr<float>();
+#ifdef __AVX512F__
+  if (KB == 0 && bits.has_value() && bits->numel() > 0) {
+    TORCH_CHECK(bits->numel() == M * ((K + 63) / 64), "spmm: bitmap made for another shape");
+    spmm_bitmap(cr, (const uint64_t*)bits->data_ptr<int64_t>(), v, b, xp, yp, N, K, M);
+    return y;
+  }
+#endif
   with_index(col, [&](auto cl) {
 #ifdef __AVX512F__
     if (N >= TILE_512) spmm_avx512(cr, cl, v, bd, KB, b, xp, yp, N, K, M);
@@ -463,12 +554,6 @@ static inline __m128 hsum4(const vec& a0, const vec& a1, const vec& a2, const ve
   return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
 }
 #endif
-
-static inline float hsum(const vec& a) {
-  float s = 0.f;
-  for (int l = 0; l < VW; l++) s += a[l];
-  return s;
-}
 
 #ifdef __AVX2__
 // the dot products of the dy tile d (V vectors, in registers) with the packed x tiles of four columns
@@ -592,7 +677,8 @@ torch::Tensor sddmm(torch::Tensor crow, torch::Tensor col, torch::Tensor dy, tor
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("spmm", &spmm, "y = x @ W.T with W in CSR (fp32)", py::arg("crow"), py::arg("col"), py::arg("val"),
-        py::arg("bias"), py::arg("x"), py::arg("M"), py::arg("bnd") = py::none());
+        py::arg("bias"), py::arg("x"), py::arg("M"), py::arg("bnd") = py::none(), py::arg("bits") = py::none());
+  m.def("bitmap", &bitmap, "the pattern as one bit per weight, for fewer than 8 tokens (empty: not used)");
   m.def("block_cols", &block_cols, "column-block width of the kernel N tokens take (0: none)");
   m.def("bounds", &bounds, "where each row's entries cross into the next column block");
   m.def("sddmm", &sddmm, "weight gradient at the CSR nonzeros (fp32)", py::arg("crow"), py::arg("col"),

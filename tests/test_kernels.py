@@ -61,6 +61,38 @@ def test_csr_matmul_matches_dense(ext, m, k, density, n, index):
     torch.testing.assert_close(csr_matmul_reference(c, x), x @ w.t(), rtol=1e-4, atol=1e-4)
 
 
+def test_few_tokens_read_the_pattern_as_a_bitmap_where_it_is_dense_enough(ext):
+    # k = 70: the last bitmap word is cut short, and x past column 70 must count as zero even if
+    # the caller's memory there holds a NaN; the last row keeps only the columns of that last word
+    w = masked(40, 70, 0.3, empty_rows=(3,))
+    w[-1] = 0
+    w[-1, 64:] = torch.randn(6)
+    c = to_csr(w)
+    bits = ext.bitmap(c.crow, c.col, 70)
+    if bits.numel() == 0:
+        pytest.skip("kernel built without AVX-512: the gather path serves few tokens")
+    assert bits.shape == (40 * 2,)
+    assert int(bits.view(40, 2)[-1, 0]) == 0 and int(bits.view(40, 2)[-1, 1]) == 0b111111
+    assert ext.bitmap(c.crow, c.col[:0], 70).numel() == 0  # below 1/8 density: the column indices win
+    for n in (1, 3):
+        xs = torch.randn(n + 1, 70)
+        xs[n] = float("nan")  # right after the n tokens in memory
+        y = ext.spmm(c.crow, c.col, c.values, None, xs[:n], 40, None, bits)
+        torch.testing.assert_close(y, xs[:n] @ w.t(), rtol=1e-5, atol=1e-5)
+
+
+def test_sparse_linear_sends_a_few_tokens_straight_to_the_kernel_with_the_same_result(ext):
+    w, b = masked(48, 70, 0.3), torch.randn(48)
+    sl = sparse_kernels.SparseLinear(to_csr(w), b)
+    with torch.no_grad():
+        for x in (torch.randn(1, 1, 70), torch.randn(2, 3, 70), torch.randn(70)):
+            y = sl(x)
+            assert y.shape == (*x.shape[:-1], 48)
+            torch.testing.assert_close(y, x @ w.t() + b, rtol=1e-5, atol=1e-5)
+        with pytest.raises(AssertionError, match="70"):
+            sl(torch.randn(1, 69))  # the wrong width is refused, not read past
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("m,k,n", [(300, 1100, 257),   # 2 row blocks of the AVX-512 path, 18 column blocks, ragged tile
                                    (1040, 70, 1030),   # output >= 4 MB: streaming stores; last tile of 6 tokens
