@@ -42,11 +42,6 @@ constexpr int VW = 16;
 constexpr int VW = 8;  // AVX2 (and, two registers per value, plain SSE)
 #endif
 typedef float vec __attribute__((vector_size(VW * 4)));
-static inline float hsum(const vec& a) {
-  float s = 0.f;
-  for (int l = 0; l < VW; l++) s += a[l];
-  return s;
-}
 constexpr int NACC = 8;                    // accumulator registers per row
 constexpr int BIG_TILE = NACC * VW;        // tokens per tile: 64 with AVX2, 128 with AVX-512
 constexpr int64_t SLAB_BYTES = 32 * 1024;  // one (KB, TILE) slab of x: the size of L1, half of L2
@@ -554,6 +549,12 @@ static inline __m128 hsum4(const vec& a0, const vec& a1, const vec& a2, const ve
   return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
 }
 #endif
+
+static inline float hsum(const vec& a) {
+  float s = 0.f;
+  for (int l = 0; l < VW; l++) s += a[l];
+  return s;
+}
 
 #ifdef __AVX2__
 // the dot products of the dy tile d (V vectors, in registers) with the packed x tiles of four columns
