@@ -53,6 +53,24 @@ constexpr int64_t RB = 64;                 // rows per block: their partial sums
 // (in_features 768) it cost 5 % at 90 % (sparse_kernels/README.md)
 constexpr int64_t WIDE_TILE_BYTES = 256 * 1024, RB_WIDE = 256;
 
+// The next (KB, TILE) slab of x goes to L2 while a block's rows sweep the current one: `lines` cache lines from
+// `next`, each row issuing its share, so the loads overlap the rows' FMAs instead of bunching up
+struct SlabPrefetch {
+  const char* next = nullptr;
+  int64_t lines = 0, per_row = 0;
+  void row(int64_t r) const {
+#ifdef __AVX2__
+    for (int64_t l = r * per_row; l < std::min(lines, (r + 1) * per_row); l++) _mm_prefetch(next + 64 * l, _MM_HINT_T1);
+#endif
+  }
+};
+
+// slab c of the packed token tile xt (K, TILE), shared over `rows` rows
+static inline SlabPrefetch slab_prefetch(const float* xt, int64_t c, int64_t KB, int64_t K, int64_t TILE, int64_t rows) {
+  const int64_t lines = std::min<int64_t>(KB, K - c * KB) * TILE / 16;  // TILE floats per column: TILE / 16 lines
+  return {(const char*)(xt + c * KB * TILE), lines, (lines + rows - 1) / rows};
+}
+
 // at::parallel_for runs a range in the calling thread when it is below the grain: give each
 // thread at least MIN_WORK multiply-adds, so small products (generation) skip the thread
 // hand-off, which costs more than the work itself, and far more on a busy machine
@@ -198,15 +216,9 @@ static void spmm_tiled(const int* crow, const Index* col, const float* val, cons
         for (int64_t c = 0; c < nkb; c++) {  // the (KB, TILE) slab of x is reused by all RB rows
           const int64_t* seg = w.start.data() + (rb * nkb + c) * RB;
           // wide: the slab after this one (the first, at the last column block) to L2, a few lines per row
-          const int64_t nc = c + 1 < nkb ? c + 1 : 0;
-          const char* next = (const char*)(xt + nc * KB * TILE);
-          const int64_t lines = wide ? std::min<int64_t>(KB, K - nc * KB) * TILE / 16 : 0;
-          const int64_t per_row = (lines + rows - 1) / rows;
+          const SlabPrefetch pf = wide ? slab_prefetch(xt, c + 1 < nkb ? c + 1 : 0, KB, K, TILE, rows) : SlabPrefetch{};
           for (int64_t r = 0; r < rows; r++) {
-#ifdef __AVX2__
-            for (int64_t l = r * per_row; l < std::min(lines, (r + 1) * per_row); l++)
-              _mm_prefetch(next + 64 * l, _MM_HINT_T1);
-#endif
+            pf.row(r);
             vec acc[V];
             for (int u = 0; u < V; u++) acc[u] = c == 0 ? vec{} + (bias ? bias[r0 + r] : 0.f) : part[r * V + u];
             for (int64_t p = seg[r]; p < seg[r + 1]; p++) {
@@ -323,14 +335,10 @@ static void spmm_avx512(const int* crow, const Index* col, const float* val, con
         for (int64_t c = 0; c < nkb; c++) {
           // the slab after this one (the first, at the last column block) goes to L2 meanwhile,
           // a few lines per row
-          const int64_t nc = c + 1 < nkb ? c + 1 : 0;
-          const char* next = (const char*)(xt + nc * KB * TILE);
-          const int64_t lines = std::min<int64_t>(KB, K - nc * KB) * TILE / 16;
-          const int64_t per_row = (lines + rows - 1) / rows;
+          const SlabPrefetch pf = slab_prefetch(xt, c + 1 < nkb ? c + 1 : 0, KB, K, TILE, rows);
           const int64_t* seg = w.start.data() + (rb * nkb + c) * RB_512;
           for (int64_t r = 0; r < rows; r++) {
-            for (int64_t l = r * per_row; l < std::min(lines, (r + 1) * per_row); l++)
-              _mm_prefetch(next + 64 * l, _MM_HINT_T1);
+            pf.row(r);
             __m512 acc[V];
             for (int u = 0; u < V; u++)
               acc[u] = c == 0 ? _mm512_set1_ps(bias ? bias[r0 + r] : 0.f) : part[r * V + u];
@@ -679,14 +687,10 @@ torch::Tensor sddmm(torch::Tensor crow, torch::Tensor col, torch::Tensor dy, tor
           for (int64_t c = 0; c < nkb; c++) {  // a slab of x in L1 while the block's rows sweep it
             // the next slab (after the last, the next tile's first) goes to L2 meanwhile, a few lines per
             // row: 3-11 % faster on every shape measured (sparse_kernels/README.md)
-            const float* next = c + 1 < nkb ? xt + (c + 1) * KB * TILE : tile + 1 < ntiles ? xt + K * TILE : xt;
-            const int64_t lines = std::min<int64_t>(KB, K - (c + 1 < nkb ? c + 1 : 0) * KB) * TILE / 16;
-            const int64_t per_row = (lines + rows - 1) / rows;
+            const SlabPrefetch pf = c + 1 < nkb ? slab_prefetch(xt, c + 1, KB, K, TILE, rows)
+                                                : slab_prefetch(tile + 1 < ntiles ? xt + K * TILE : xt, 0, KB, K, TILE, rows);
             for (int64_t i = r0; i < r0 + rows; i++) {
-#ifdef __AVX2__
-              for (int64_t l = (i - r0) * per_row; l < std::min(lines, (i - r0 + 1) * per_row); l++)
-                _mm_prefetch((const char*)next + 64 * l, _MM_HINT_T1);
-#endif
+              pf.row(i - r0);
               const int* rb = bd + i * (nkb + 1) + c;
               if (rb[0] == rb[1]) continue;
               vec d[V];

@@ -50,16 +50,16 @@ def main():
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    dense = GPT(PRESETS["gpt2-small"]).eval()
-    masks = make_masks(dense, args.sparsity, "random", 0)
-    apply_masks(dense, masks)
-    sparse = to_sparse_model(dense, masks)
+    model = GPT(PRESETS["gpt2-small"]).eval()
+    masks = make_masks(model, args.sparsity, "random", 0)
+    apply_masks(model, masks)
+    sparse = to_sparse_model(model, masks)  # in place
     without = copy.deepcopy(sparse)
     for module in list(without.modules()):
         for name, child in list(module.named_children()):
             if isinstance(child, SparseLinear):
                 setattr(module, name, NoProduct(child.out_features))
-    prompt = torch.randint(0, dense.config.vocab_size, (1, 8), generator=torch.Generator().manual_seed(0))
+    prompt = torch.randint(0, sparse.config.vocab_size, (1, 8), generator=torch.Generator().manual_seed(0))
     best = {"csr": float("inf"), "without the block products": float("inf")}
     for _ in range(args.repeats):  # interleaved
         for name, model in (("csr", sparse), ("without the block products", without)):
