@@ -34,8 +34,12 @@ def make_checkpoint(path, sparsity):
 
 
 def sample(path, kernel):
-    out = subprocess.run([sys.executable, str(ROOT / "sample.py"), f"--init_from={path}", *SAMPLE, f"--kernel={kernel}"],
-                         capture_output=True, text=True, cwd=ROOT, check=True).stdout
+    run = subprocess.run([sys.executable, str(ROOT / "sample.py"), f"--init_from={path}", *SAMPLE, f"--kernel={kernel}"],
+                         capture_output=True, text=True, cwd=ROOT)
+    if run.returncode:
+        last = (run.stderr.strip() or run.stdout.strip() or "no output").splitlines()[-1]
+        sys.exit(f"error: sample.py --kernel={kernel}: {last.removeprefix('error: ')}")
+    out = run.stdout
     speed = float(re.search(r"([\d,.]+) tokens/s", out).group(1).replace(",", ""))
     return speed, out.rsplit("\n", 2)[0]  # the samples without the speed line
 
