@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every CPU figure of the "sparsity that pays" table on this machine, in one command, both builds: the native
 # one and "AVX2 only" (our kernel built for x86-64-v3, MKL, oneDNN and ATen held to AVX2, so an AVX-512 machine
-# stands in for an AVX2 one). Run from the repository root, in the background (about 40 minutes on 2 cores):
+# stands in for an AVX2 one). Run from the repository root, in the background (about 30 minutes on 2 cores):
 #
 #   bash results/cpu_training/measure.sh TAG            # e.g. intel167; writes results/cpu_training/TAG_<date>/
 #   QUICK=1 bash results/cpu_training/measure.sh TAG    # a few minutes: fewer steps and repeats, to try it
