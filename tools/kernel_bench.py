@@ -43,7 +43,8 @@ SHAPES = [("gpt2-small", "c_fc", 3072, 768), ("gpt2-small", "c_proj", 768, 3072)
 
 
 def cpu_model():
-    """'<model name> (family F model M), <vector ISA>': what the kernel was built for, from /proc/cpuinfo.
+    """'<model name> (family F model M), <vector ISA>' from /proc/cpuinfo, plus the kernel's build when
+    SPDF_CPU_ARCH sets one other than this CPU's (e.g. the AVX2 path on an AVX-512 machine).
     Under a hypervisor the model name can be generic ('Intel(R) Xeon(R) Processor'); family/model say more."""
     info = {}
     try:
@@ -57,7 +58,10 @@ def cpu_model():
         return platform.processor() or platform.machine()
     flags = info.get("flags", "").split()
     isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
-    return f"{info.get('model name', platform.machine())} (family {info.get('cpu family', '?')} model {info.get('model', '?')}), {isa}"
+    arch = os.environ.get("SPDF_CPU_ARCH", "native")
+    build = "" if arch == "native" else f", kernel built for {arch}"
+    return (f"{info.get('model name', platform.machine())} (family {info.get('cpu family', '?')} "
+            f"model {info.get('model', '?')}), {isa}{build}")
 
 
 def best_ms(fn, repeats):
