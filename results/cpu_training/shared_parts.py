@@ -4,11 +4,15 @@ mask upkeep (csr has none). Best of 7.
 
     python results/cpu_training/shared_parts.py
 """
-import time
+import os
+import sys
 
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))  # the repository root
+from tools import kernel_bench  # noqa: E402
 
 torch.set_num_threads(2)
 torch.manual_seed(0)
@@ -16,13 +20,8 @@ N, C, V, H, T = 1024, 768, 50257, 12, 256  # tokens, width, vocabulary, heads, c
 
 
 def best_ms(fn, repeats=7):
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best * 1e3
+    fn()  # warm-up: first-touch page faults, allocator
+    return kernel_bench.best_ms(fn, repeats)
 
 
 x, w, dlogits = torch.randn(N, C), torch.randn(V, C), torch.randn(N, V)

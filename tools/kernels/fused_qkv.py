@@ -7,18 +7,15 @@ within the noise), so model.py keeps the paper's three matrices. Run from the re
 
     python -m tools.kernels.fused_qkv [--sparsity 0.75] [--threads 2] [--tokens 48] [--repeats 7]
 """
-import argparse
 import copy
 import types
 
 import torch
 import torch.nn.functional as F
 
-from model import GPT, PRESETS
 from sparse_kernels import SparseLinear, to_sparse_model
-from sparsity import apply_masks, make_masks
 from tools.kernel_bench import cpu_model
-from tools.kernels.in_model import decode_ms
+from tools.kernels.in_model import decode_arguments, decode_ms, masked_gpt2_small
 
 
 def fused_forward(self, x, kv_cache):
@@ -51,20 +48,11 @@ def fuse(model):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.strip().split("\n")[0])
-    ap.add_argument("--sparsity", type=float, default=0.75)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--tokens", type=int, default=48)
-    ap.add_argument("--repeats", type=int, default=7)
-    args = ap.parse_args()
+    args = decode_arguments(__doc__).parse_args()
     torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    model = GPT(PRESETS["gpt2-small"]).eval()
-    masks = make_masks(model, args.sparsity, "random", 0)
-    apply_masks(model, masks)
+    model, masks, prompt = masked_gpt2_small(args.sparsity)
     separate = to_sparse_model(model, masks)
     fused = fuse(separate)
-    prompt = torch.randint(0, model.config.vocab_size, (1, 8), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():  # the same logits, token after token
         a, b = separate.new_kv_caches(), fused.new_kv_caches()
         torch.testing.assert_close(separate(prompt, kv_caches=a)[0], fused(prompt, kv_caches=b)[0])

@@ -16,6 +16,7 @@ import torch
 
 from model import GPT, PRESETS
 from sparse_kernels import to_sparse_model
+from sparse_kernels.sparse_linear import _swap
 from sparsity import apply_masks, make_masks
 from tools.kernel_bench import cpu_model
 
@@ -53,27 +54,37 @@ def lm_head_ms(model, tokens):
         return (time.perf_counter() - t) / tokens * 1e3
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.strip().split("\n")[0])
+def decode_arguments(doc):
+    """The options of the decode-step tools (this one, fused_qkv): sparsity, threads, tokens, repeats."""
+    ap = argparse.ArgumentParser(description=doc.strip().split("\n")[0])
     ap.add_argument("--sparsity", type=float, default=0.75)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--tokens", type=int, default=48)
     ap.add_argument("--repeats", type=int, default=7)
+    return ap
+
+
+def masked_gpt2_small(sparsity):
+    """GPT-2 Small in eval mode with random masks applied (seed 0), its masks, and an 8-token prompt."""
+    torch.manual_seed(0)
+    model = GPT(PRESETS["gpt2-small"]).eval()
+    masks = make_masks(model, sparsity, "random", 0)
+    apply_masks(model, masks)
+    prompt = torch.randint(0, model.config.vocab_size, (1, 8), generator=torch.Generator().manual_seed(0))
+    return model, masks, prompt
+
+
+def main():
+    ap = decode_arguments(__doc__)
     ap.add_argument("--target", type=float, default=1.5, help="the speed-up over masked to solve for")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    model = GPT(PRESETS["gpt2-small"]).eval()
-    masks = make_masks(model, args.sparsity, "random", 0)
-    apply_masks(model, masks)
+    model, masks, prompt = masked_gpt2_small(args.sparsity)
     masked = copy.deepcopy(model)
     sparse = to_sparse_model(model, masks)  # in place
     without = copy.deepcopy(masked)
-    for name in masks:  # "transformer.h.0.attn.q_proj.weight"
-        parent, child = name.rsplit(".", 1)[0].rsplit(".", 1)
-        owner = without.get_submodule(parent)
-        setattr(owner, child, NoProduct(getattr(owner, child).out_features))
-    prompt = torch.randint(0, sparse.config.vocab_size, (1, 8), generator=torch.Generator().manual_seed(0))
+    for name in masks:
+        _swap(without, name, lambda linear: NoProduct(linear.out_features))
     runs = {"masked": masked, "csr": sparse, "without": without}
     best = {name: float("inf") for name in [*runs, "lm_head"]}
     for _ in range(args.repeats):  # interleaved
