@@ -74,10 +74,7 @@ class CausalSelfAttention(nn.Module):
         heads = lambda t: t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         q, k, v = heads(self.q_proj(x)), heads(self.k_proj(x)), heads(self.v_proj(x))
         if kv_cache is not None:  # generation: attend to the cached keys/values of earlier tokens
-            if kv_cache[0] is not None:
-                k = torch.cat([kv_cache[0], k], dim=2)
-                v = torch.cat([kv_cache[1], v], dim=2)
-            kv_cache[0], kv_cache[1] = k, v
+            k, v = extend_kv_cache(kv_cache, k, v)
         # a single new token may see every cached one; otherwise causal within the chunk
         causal = T > 1 and (kv_cache is None or k.size(2) == T)
         assert T == 1 or causal, "the KV cache takes the prompt once, then one token at a time"
@@ -85,6 +82,23 @@ class CausalSelfAttention(nn.Module):
                                            dropout_p=self.dropout if self.training else 0.0)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y))
+
+
+def extend_kv_cache(cache, k, v):
+    """A layer's cache is [keys, values, n]: buffers (B, n_head, capacity, head size) whose first n positions
+    are filled. Writes this step's k and v (B, n_head, T, head size) after them and returns the filled part.
+    The buffers double when full, so a generated token costs a write of its own k and v, where torch.cat
+    would copy the whole cache every token (quadratic in the sequence's length)."""
+    n, T = cache[2], k.size(2)
+    if cache[0] is None or n + T > cache[0].size(2):
+        for i, new in enumerate((k, v)):
+            grown = new.new_empty(*new.shape[:2], max(2 * n, n + T), new.size(3))
+            if n:
+                grown[:, :, :n] = cache[i][:, :, :n]
+            cache[i] = grown
+    cache[0][:, :, n:n + T], cache[1][:, :, n:n + T] = k, v
+    cache[2] = n + T
+    return cache[0][:, :, :n + T], cache[1][:, :, :n + T]
 
 
 class MLP(nn.Module):
@@ -151,7 +165,7 @@ class GPT(nn.Module):
     def forward(self, idx, targets=None, kv_caches=None, pos_offset=0, prefix_embeds=None, positions=None):
         """
         idx (B, T) token ids. With targets, also returns the mean cross-entropy over all positions
-        (finetune.completion_loss counts completion tokens only). kv_caches: one [k, v] list per layer,
+        (finetune.completion_loss counts completion tokens only). kv_caches: one [k, v, n] list per layer,
         filled in place during generation; pos_offset is the number of positions already cached.
         prefix_embeds (B or 1, N, n_embd): a soft prompt (finetune.py), N vectors that take
         positions pos_offset.. before the tokens; logits (and loss) cover the T tokens only.
@@ -181,7 +195,7 @@ class GPT(nn.Module):
         return logits, loss.mean()
 
     def new_kv_caches(self):
-        return [[None, None] for _ in range(self.config.n_layer)]
+        return [[None, None, 0] for _ in range(self.config.n_layer)]
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, eos_token=None, prefix_embeds=None):

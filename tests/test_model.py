@@ -80,6 +80,25 @@ def test_greedy_generation_with_kv_cache_matches_full_recompute():
     assert torch.equal(out, ref)
 
 
+def test_kv_cache_holds_every_position_and_doubles_when_full():
+    torch.manual_seed(0)
+    m = GPT(GPTConfig(block_size=32, vocab_size=60, n_layer=2, n_head=2, n_embd=32)).eval()
+    seq = torch.randint(0, 60, (2, 23))
+    stepwise, capacities = m.new_kv_caches(), set()
+    with torch.no_grad():
+        m(seq[:, :3], kv_caches=stepwise)
+        for t in range(3, 23):
+            m(seq[:, t:t + 1], kv_caches=stepwise, pos_offset=t)
+            capacities.add(stepwise[0][0].size(2))
+        at_once = m.new_kv_caches()
+        m(seq, kv_caches=at_once)
+    assert capacities == {6, 12, 24}  # 3 positions, then twice as many each time it fills
+    for a, b in zip(stepwise, at_once):
+        assert a[2] == b[2] == 23
+        torch.testing.assert_close(a[0][:, :, :23], b[0])
+        torch.testing.assert_close(a[1][:, :, :23], b[1])
+
+
 def test_sampling_respects_top_k():
     torch.manual_seed(0)
     m = GPT(GPTConfig(block_size=32, vocab_size=60, n_layer=1, n_head=2, n_embd=16)).eval()

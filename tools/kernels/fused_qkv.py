@@ -13,6 +13,7 @@ import types
 import torch
 import torch.nn.functional as F
 
+from model import extend_kv_cache
 from sparse_kernels import SparseLinear, to_sparse_model
 from tools.kernel_bench import cpu_model
 from tools.kernels.in_model import decode_arguments, decode_ms, masked_gpt2_small
@@ -23,9 +24,7 @@ def fused_forward(self, x, kv_cache):
     B, T, C = x.shape
     heads = lambda t: t.reshape(B, T, self.n_head, C // self.n_head).transpose(1, 2)
     q, k, v = (heads(t) for t in self.qkv(x).split(C, dim=-1))
-    if kv_cache[0] is not None:
-        k, v = torch.cat([kv_cache[0], k], dim=2), torch.cat([kv_cache[1], v], dim=2)
-    kv_cache[0], kv_cache[1] = k, v
+    k, v = extend_kv_cache(kv_cache, k, v)
     y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1 and k.size(2) == T)
     return self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C))
 
