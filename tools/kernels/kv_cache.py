@@ -59,9 +59,10 @@ def main():
     try:
         for length in lengths:
             best = {}
-            for _ in range(args.repeats):  # interleaved
-                for kernel, m in runs.items():
-                    for layout, extend in layouts.items():
+            for r in range(args.repeats):  # interleaved, the order flipped every repeat
+                order = list(layouts.items())[::1 if r % 2 else -1]
+                for kernel, m in list(runs.items())[::1 if r % 2 else -1]:
+                    for layout, extend in order:
                         gpt.extend_kv_cache = extend
                         ms = step_ms(m, length, args.tokens)
                         best[kernel, layout] = min(best.get((kernel, layout), float("inf")), ms)
