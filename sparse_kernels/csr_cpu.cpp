@@ -398,9 +398,9 @@ static void spmm_gather(const int* crow, const Index* col, const float* val, con
 // to a word) in place of its column indices: at 75 % sparsity 4.5 bytes per kept weight instead of
 // 6, and the stream of W is what a generated token waits on. A chunk of 16 columns takes its mask
 // from the bitmap, loads the next popcount(mask) values and spreads them into the lanes the mask
-// marks (vexpandps), then one FMA with 16 contiguous floats of x. The counts come straight from the
+// marks, then one FMA with 16 contiguous floats of x. The counts come straight from the
 // bitmap in memory, so a chunk's offset does not wait on the previous chunk's loads; the masks are
-// loaded from memory too (kmovw), leaving the shuffle port to the expand. x is read as a padded copy
+// loaded from memory too (kmovw), leaving the shuffle port to the spreading. x is read as a padded copy
 // (zeros past K), since a word's lanes past K meet x there. With AVX2 the same idea (an 8-lane
 // permute from a table per 8-bit mask) was slower than the scalar gather: 7.1 against 6.2 ms for
 // gpt2-small's block matrices per token (sparse_kernels/README.md), so AVX2 keeps the gather.
@@ -408,12 +408,27 @@ static void spmm_gather(const int* crow, const Index* col, const float* val, con
 constexpr int64_t BITMAP_MIN_PERMILLE = 125;  // below 1/8 density most chunks hold one entry or none
 constexpr int CHUNKS = 4;                      // 16-column chunks per 64-bit word
 
-// m: the chunk's 16 bits in the bitmap, n = popcount. FULL: the 16 floats from v lie inside the
-// values array (the usual case), so one plain load takes them; else a masked load touches only n.
+// Chunk c (bits 16c..16c+15) of a bitmap word, n = its popcount. FULL: the 16 floats from v lie inside
+// the values array (the usual case), so one plain load takes them; else a masked load touches only n.
+// The spreading: vexpandps does it in one instruction, but on Zen 4 that alone cost 0.85 of the loop's
+// 1.73 ns per chunk (tools/kernels/bitmap_loop.cpp). With VPOPCNTDQ, lane j's source is computed
+// instead, popcount(mask & ((1 << j) - 1)), and one vpermps moves the values there: 1.11 ns per chunk,
+// and GPT-2 Small's products per generated token 7.5 -> 6.0-6.3 ms in the model (sparse_kernels/README.md).
+// The mask's 32-bit word is broadcast straight from memory (a load, no shuffle), the odd chunk's
+// prefixes shifted into its upper half.
 template <bool FULL>
-static inline __m512 chunk(const float* v, const uint16_t* m, int n) {
-  const __mmask16 k = _load_mask16((__mmask16*)m);  // the intrinsic takes no const
-  return _mm512_maskz_expand_ps(k, FULL ? _mm512_loadu_ps(v) : _mm512_maskz_loadu_ps((__mmask16)((1u << n) - 1), v));
+static inline __m512 chunk(const float* v, const uint64_t* word, int c, int n) {
+  const __mmask16 k = _load_mask16((__mmask16*)word + c);  // the intrinsic takes no const
+  const __m512 packed = FULL ? _mm512_loadu_ps(v) : _mm512_maskz_loadu_ps((__mmask16)((1u << n) - 1), v);
+#ifdef __AVX512VPOPCNTDQ__
+  const __m512i below = _mm512_set_epi32(0x7fff, 0x3fff, 0x1fff, 0xfff, 0x7ff, 0x3ff, 0x1ff, 0xff,
+                                         0x7f, 0x3f, 0x1f, 0xf, 7, 3, 1, 0);  // lane j: the bits below j
+  const __m512i bits = _mm512_set1_epi32(((const int*)word)[c >> 1]);
+  const __m512i src = _mm512_popcnt_epi32(_mm512_and_si512(bits, c & 1 ? _mm512_slli_epi32(below, 16) : below));
+  return _mm512_maskz_permutexvar_ps(k, src, packed);
+#else
+  return _mm512_maskz_expand_ps(k, packed);
+#endif
 }
 
 // a row's dot product with x: its values start at p; the array holds nnz
@@ -427,7 +442,7 @@ static float bitmap_dot(const uint64_t* bits, int64_t words, const float* val, i
     for (int c = 0; c < CHUNKS; c++) n[c] = __builtin_popcount(cb[c]);
     const bool full = p + 64 <= nnz;  // a word's chunks read at most 64 values on from p
     for (int c = 0; c < CHUNKS; c++) {
-      const __m512 v = full ? chunk<true>(val + p, cb + c, n[c]) : chunk<false>(val + p, cb + c, n[c]);
+      const __m512 v = full ? chunk<true>(val + p, bits + w, c, n[c]) : chunk<false>(val + p, bits + w, c, n[c]);
       acc[c] = _mm512_fmadd_ps(v, _mm512_loadu_ps(x + w * 64 + c * 16), acc[c]);
       p += n[c];
     }
