@@ -1,8 +1,10 @@
 """Shared fixtures. Tests run offline: the data mirror and tokenizer cache default to ../shared."""
 import os
+import signal
 import subprocess
 import tempfile
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -71,13 +73,43 @@ def run_pretrain(out_dir, data_dir, *args):
     return pretrain.main([*TINY_RUN, f"--data_dir={data_dir}", f"--out_dir={out_dir}", *args])
 
 
-def torchrun_pretrain(out_dir, data_dir, *args):
-    """pretrain.py under torchrun: 2 CPU processes (gloo), one thread each; fails the test on error."""
+def children(pid):
+    """Process ids whose parent is `pid` (Linux /proc)."""
+    kids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                kids.append(int(entry.name))
+        except (OSError, IndexError, ValueError):
+            pass  # the process ended while we looked
+    return kids
+
+
+def torchrun_pretrain(out_dir, data_dir, *args, timeout=240):
+    """pretrain.py under torchrun: 2 CPU processes (gloo), one thread each; fails the test on error.
+    A hang fails it with every process's Python stack: SIGABRT makes faulthandler print them."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "pretrain.py",
            *TINY_RUN, f"--data_dir={data_dir}", f"--out_dir={out_dir}", *args]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=240)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        for pids in (children(proc.pid), [proc.pid]):  # the workers together (torchrun stops the others
+            for pid in pids:                            # once one dies), then torchrun itself
+                try:
+                    os.kill(pid, signal.SIGABRT)
+                except ProcessLookupError:
+                    pass
+            time.sleep(2)
+        try:
+            out, _ = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate()
+        out = "\n".join(line for line in out.splitlines() if "<frozen " not in line)  # import machinery
+        pytest.fail(f"torchrun hung for {timeout} s; its output and stacks:\n{out[-12000:]}")
+    assert proc.returncode == 0, out[-2000:]
 
 
 # the 2-process run that DDP and FSDP both make: 5 steps of 2 micro-steps (one per process), 75% sparse
