@@ -57,3 +57,27 @@ def test_finetune_benchmark_reports_tokens_per_second_for_each_step(capsys):
     assert set(tps) == {"pre-training", "fine-tuning", "fine-tuning, baseline"}
     assert all(v > 0 for v in tps.values())
     assert "x pre-training" in capsys.readouterr().out
+
+
+def test_compile_blocks_compiles_each_block_in_place_and_leaves_the_rest_eager():
+    from model import GPT, PRESETS
+    model = GPT(PRESETS["tiny"])
+    assert bench.compiled(model, model.transformer.h, dict(compile=False, compile_blocks=False)) is model
+    whole = bench.compiled(model, model.transformer.h, dict(compile=True, compile_blocks=False))
+    assert whole is not model and whole._orig_mod is model  # torch.compile's wrapper
+    assert all(b._compiled_call_impl is None for b in model.transformer.h)
+    assert bench.compiled(model, model.transformer.h, dict(compile=True, compile_blocks=True)) is model
+    assert all(b._compiled_call_impl is not None for b in model.transformer.h)  # compiled on first call
+    assert model._compiled_call_impl is None and model.lm_head._compiled_call_impl is None
+    with pytest.raises(UsageError, match="--compile_blocks=True needs --compile=True"):
+        bench.main(["--device=cpu", "--compile_blocks=True"])
+
+
+@pytest.mark.slow
+def test_bench_compiled_block_by_block_times_ours_and_the_hf_peer(tmp_path, capsys):
+    out = tmp_path / "b.json"
+    bench.main(["--device=cpu", "--model=tiny", "--batch_size=2", "--block_size=16", "--steps=1", "--warmup=1",
+                "--compile=True", "--compile_blocks=True", "--hf_peer=True", f"--json={out}"])
+    saved = json.loads(out.read_text())
+    assert saved["config"]["compile_blocks"] and saved["hf_peer"]["tokens_per_s"] > 0
+    assert "compile=blocks" in capsys.readouterr().out
