@@ -61,8 +61,8 @@ for _ in range(args.repeats):
             sweep(k)
         best[k] = min(best[k], (time.perf_counter() - t) / 3)
 nnz = sum(c[2].numel() for c in csrs)
-read = {"dense": sum(w.numel() * 4 for w in dense), "gather": nnz * 6,
-        "row sums": sum(w.numel() * 4 for w in dense),
+dense_bytes = sum(w.numel() * 4 for w in dense)
+read = {"dense": dense_bytes, "row sums": dense_bytes, "gather": nnz * 6,
         "bitmap": nnz * 4 + sum(c[4].numel() * 8 for c in csrs)}
 print(f"# {cpu_model()}; {args.threads} threads; {len(shapes)} matrices at s={args.sparsity:g}, one token, best of {args.repeats}")
 for k in kinds:
