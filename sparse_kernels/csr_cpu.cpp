@@ -30,6 +30,7 @@
 #include <ATen/Parallel.h>
 #include <algorithm>
 #include <cstdlib>
+#include <string>
 #include <vector>
 #ifdef __AVX2__
 #include <immintrin.h>
@@ -410,28 +411,30 @@ constexpr int CHUNKS = 4;                      // 16-column chunks per 64-bit wo
 
 // Chunk c (bits 16c..16c+15) of a bitmap word, n = its popcount. FULL: the 16 floats from v lie inside
 // the values array (the usual case), so one plain load takes them; else a masked load touches only n.
-// The spreading: vexpandps does it in one instruction, but on Zen 4 that alone cost 0.85 of the loop's
-// 1.73 ns per chunk (tools/kernels/bitmap_loop.cpp). With VPOPCNTDQ, lane j's source is computed
-// instead, popcount(mask & ((1 << j) - 1)), and one vpermps moves the values there: 1.11 ns per chunk,
-// and GPT-2 Small's products per generated token 7.5 -> 6.0-6.3 ms in the model (sparse_kernels/README.md).
-// The mask's 32-bit word is broadcast straight from memory (a load, no shuffle), the odd chunk's
-// prefixes shifted into its upper half.
-template <bool FULL>
+// The spreading, two ways, and each CPU maker is faster with one (tools/kernels/bitmap_loop.cpp, per chunk
+// on one core, 3072 x 768 at 75 % in cache): PERMUTE computes lane j's source, popcount(mask & ((1 << j) - 1))
+// with VPOPCNTDQ, and one vpermps moves the values there (Zen 4: 1.11 ns, Intel Xeon family 6 model 167:
+// 1.05 ns); vexpandps from memory does it in one instruction (Zen 4: 1.71 ns, that Xeon: 0.91 ns). The
+// mask's 32-bit word is broadcast straight from memory (a load, no shuffle), the odd chunk's prefixes
+// shifted into its upper half.
+template <bool FULL, bool PERMUTE>
 static inline __m512 chunk(const float* v, const uint64_t* word, int c, int n) {
   const __mmask16 k = _load_mask16((__mmask16*)word + c);  // the intrinsic takes no const
-  const __m512 packed = FULL ? _mm512_loadu_ps(v) : _mm512_maskz_loadu_ps((__mmask16)((1u << n) - 1), v);
 #ifdef __AVX512VPOPCNTDQ__
-  const __m512i below = _mm512_set_epi32(0x7fff, 0x3fff, 0x1fff, 0xfff, 0x7ff, 0x3ff, 0x1ff, 0xff,
-                                         0x7f, 0x3f, 0x1f, 0xf, 7, 3, 1, 0);  // lane j: the bits below j
-  const __m512i bits = _mm512_set1_epi32(((const int*)word)[c >> 1]);
-  const __m512i src = _mm512_popcnt_epi32(_mm512_and_si512(bits, c & 1 ? _mm512_slli_epi32(below, 16) : below));
-  return _mm512_maskz_permutexvar_ps(k, src, packed);
-#else
-  return _mm512_maskz_expand_ps(k, packed);
+  if (PERMUTE) {
+    const __m512 packed = FULL ? _mm512_loadu_ps(v) : _mm512_maskz_loadu_ps((__mmask16)((1u << n) - 1), v);
+    const __m512i below = _mm512_set_epi32(0x7fff, 0x3fff, 0x1fff, 0xfff, 0x7ff, 0x3ff, 0x1ff, 0xff,
+                                           0x7f, 0x3f, 0x1f, 0xf, 7, 3, 1, 0);  // lane j: the bits below j
+    const __m512i bits = _mm512_set1_epi32(((const int*)word)[c >> 1]);
+    const __m512i src = _mm512_popcnt_epi32(_mm512_and_si512(bits, c & 1 ? _mm512_slli_epi32(below, 16) : below));
+    return _mm512_maskz_permutexvar_ps(k, src, packed);
+  }
 #endif
+  return _mm512_maskz_expandloadu_ps(k, v);  // reads the n values only
 }
 
 // a row's dot product with x: its values start at p; the array holds nnz
+template <bool PERMUTE>
 static float bitmap_dot(const uint64_t* bits, int64_t words, const float* val, int64_t p, int64_t nnz, const float* x) {
   __m512 acc[CHUNKS] = {};
   for (int64_t w = 0; w < words; w++) {
@@ -442,12 +445,28 @@ static float bitmap_dot(const uint64_t* bits, int64_t words, const float* val, i
     for (int c = 0; c < CHUNKS; c++) n[c] = __builtin_popcount(cb[c]);
     const bool full = p + 64 <= nnz;  // a word's chunks read at most 64 values on from p
     for (int c = 0; c < CHUNKS; c++) {
-      const __m512 v = full ? chunk<true>(val + p, bits + w, c, n[c]) : chunk<false>(val + p, bits + w, c, n[c]);
+      const __m512 v = full ? chunk<true, PERMUTE>(val + p, bits + w, c, n[c])
+                            : chunk<false, PERMUTE>(val + p, bits + w, c, n[c]);
       acc[c] = _mm512_fmadd_ps(v, _mm512_loadu_ps(x + w * 64 + c * 16), acc[c]);
       p += n[c];
     }
   }
   return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])));
+}
+
+// PERMUTE where it pays: with VPOPCNTDQ, on AMD's CPUs (SPDF_BITMAP_SPREAD=permute or expand overrides, to compare)
+static bool bitmap_permute() {
+#ifdef __AVX512VPOPCNTDQ__
+  static const bool permute = [] {
+    const char* how = std::getenv("SPDF_BITMAP_SPREAD");
+    if (how && std::string(how) == "permute") return true;
+    if (how && std::string(how) == "expand") return false;
+    return (bool)__builtin_cpu_is("amd");
+  }();
+  return permute;
+#else
+  return false;
+#endif
 }
 
 static void spmm_bitmap(const int* crow, const uint64_t* bits, const float* val, const float* bias,
@@ -456,10 +475,12 @@ static void spmm_bitmap(const int* crow, const uint64_t* bits, const float* val,
   std::vector<float> xpad(N * words * 64, 0.f);
   for (int64_t t = 0; t < N; t++)
     std::copy(x + t * K, x + (t + 1) * K, xpad.data() + t * words * 64);
+  const bool permute = bitmap_permute();
   at::parallel_for(0, M, grain(M, (int64_t)crow[M] * N, MIN_GATHER), [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; i++)
       for (int64_t t = 0; t < N; t++)
-        y[t * M + i] = bitmap_dot(bits + i * words, words, val, crow[i], crow[M], xpad.data() + t * words * 64)
+        y[t * M + i] = (permute ? bitmap_dot<true> : bitmap_dot<false>)(bits + i * words, words, val, crow[i], crow[M],
+                                                                        xpad.data() + t * words * 64)
                        + (bias ? bias[i] : 0.f);
   });
 }
@@ -725,6 +746,13 @@ torch::Tensor sddmm(torch::Tensor crow, torch::Tensor col, torch::Tensor dy, tor
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("spmm", &spmm, "y = x @ W.T with W in CSR (fp32)", py::arg("crow"), py::arg("col"), py::arg("val"),
         py::arg("bias"), py::arg("x"), py::arg("M"), py::arg("bnd") = py::none(), py::arg("bits") = py::none());
+  m.def("bitmap_spread", [] {
+#ifdef __AVX512F__
+    return std::string(bitmap_permute() ? "permute" : "expand");
+#else
+    return std::string("");
+#endif
+  }, "how the bitmap path spreads a chunk's values into its lanes: permute, expand, or '' (no bitmap path)");
   m.def("bitmap", &bitmap, "the pattern as one bit per weight, for fewer than 8 tokens (empty: not used)");
   m.def("block_cols", &block_cols, "column-block width of the kernel N tokens take (0: none)");
   m.def("bounds", &bounds, "where each row's entries cross into the next column block");

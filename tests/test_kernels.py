@@ -1,6 +1,9 @@
 """sparse_kernels/: CSR format, SpMM (C++ CPU kernel, reference, Triton when CUDA), SparseLinear, conversion.
 
 The first test in a fresh environment builds the C++ extension (~1 min, then cached on disk)."""
+import os
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -79,6 +82,34 @@ def test_few_tokens_read_the_pattern_as_a_bitmap_where_it_is_dense_enough(ext):
         xs[n] = float("nan")  # right after the n tokens in memory
         y = ext.spmm(c.crow, c.col, c.values, None, xs[:n], 40, None, bits)
         torch.testing.assert_close(y, xs[:n] @ w.t(), rtol=1e-5, atol=1e-5)
+
+
+SPREAD_CHECK = """
+import torch
+from sparse_kernels import cpu
+from sparse_kernels.csr import to_csr
+ext = cpu.extension()
+g = torch.Generator().manual_seed(0)
+w = torch.randn(50, 200, generator=g) * (torch.rand(50, 200, generator=g) < 0.3)
+c, x = to_csr(w), torch.randn(2, 200, generator=g)
+y = ext.spmm(c.crow, c.col, c.values, None, x, 50, None, ext.bitmap(c.crow, c.col, 200))
+print(ext.bitmap_spread(), float((y - x @ w.t()).abs().max()))
+"""
+
+
+def test_both_ways_of_spreading_a_bitmap_chunk_give_the_dense_product(ext):
+    # the kernel picks vpermps or vexpandps by CPU maker; each must be right wherever it is chosen
+    if ext.bitmap_spread() == "":
+        pytest.skip("kernel built without AVX-512: no bitmap path")
+    seen = set()
+    for how in ("permute", "expand"):
+        run = subprocess.run([sys.executable, "-c", SPREAD_CHECK], capture_output=True, text=True, check=True,
+                             cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                             env={**os.environ, "SPDF_BITMAP_SPREAD": how})
+        spread, err = run.stdout.split()
+        assert float(err) < 1e-4
+        seen.add(spread)
+    assert "expand" in seen  # permute needs VPOPCNTDQ; without it both runs take expand
 
 
 def test_sparse_linear_sends_a_few_tokens_straight_to_the_kernel_with_the_same_result(ext):
