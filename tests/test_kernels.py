@@ -8,7 +8,7 @@ import warnings
 
 import pytest
 import torch
-from conftest import masked_linear
+from conftest import ROOT, masked_linear
 
 import sparse_kernels
 from sparse_kernels import cpu
@@ -104,7 +104,7 @@ def test_both_ways_of_spreading_a_bitmap_chunk_give_the_dense_product(ext):
     seen = set()
     for how in ("permute", "expand"):
         run = subprocess.run([sys.executable, "-c", SPREAD_CHECK], capture_output=True, text=True, check=True,
-                             cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                             cwd=ROOT,
                              env={**os.environ, "SPDF_BITMAP_SPREAD": how})
         spread, err = run.stdout.split()
         assert float(err) < 1e-4

@@ -110,7 +110,8 @@ int main(int argc, char** argv) {
     double b = run([&](int64_t i) { return tz_dot<1>(bits.data() + i * words, words, val.data(), crow[i], x.data()); }, y1);
     double c = run([&](int64_t i) { return tz_dot<2>(bits.data() + i * words, words, val.data(), crow[i], x.data()); }, y2);
     double d = run([&](int64_t i) { return tz_dot<4>(bits.data() + i * words, words, val.data(), crow[i], x.data()); }, y4);
-    double err = 0; for (int64_t i = 0; i < M; i++) err = std::max({err, (double)std::abs(y0[i] - y1[i]), (double)std::abs(y0[i] - y4[i])});
+    double err = 0; for (int64_t i = 0; i < M; i++) err = std::max({err, (double)std::abs(y0[i] - y1[i]), (double)std::abs(y0[i] - y2[i]),
+                                                            (double)std::abs(y0[i] - y4[i])});
     printf("gather int16 %.2f ms | tzcnt x1 %.2f ms | x2 %.2f ms | x4 %.2f ms   (max diff %.1e)\n", a, b, c, d, err);
   }
 }

@@ -1,7 +1,7 @@
 // What the bitmap path's inner loop (bitmap_dot in sparse_kernels/csr_cpu.cpp, one-token generation with
 // AVX-512) costs per 16-column chunk on one core, for each way of spreading a chunk's kept values into the
-// lanes its mask marks: vpermps with indices from vpopcntd (the kernel where VPOPCNTDQ exists), vexpandps
-// from a register (the kernel without it) or from memory (what GCC makes of a load followed by an expand);
+// lanes its mask marks: vpermps with indices from vpopcntd (the kernel's choice on AMD CPUs with VPOPCNTDQ), vexpandps
+// from a register, or from memory (the kernel's choice elsewhere, and what GCC makes of a load followed by an expand);
 // then with the spreading taken away, and also the offsets that depend on each chunk's popcount. GPT-2
 // Small's MLP-in matrix (3072 x 768) at 75 %, its values and bitmap in cache, best of 20 passes, three
 // rounds. The permute and expand variants must give the same sums (checked); the last two give wrong ones:
