@@ -388,7 +388,7 @@ def _gb(n):
     return f"{n / 1e6:.0f} MB" if n < 1e9 else f"{n / 1e9:.1f} GB" if n < 1e12 else f"{n / 1e12:.1f} TB"
 
 
-def train_memory(config, batch_size, seq_len, n_params, n_trainable=None, logit_rows=None,
+def train_memory(config, batch_size, seq_len, n_params, n_trainable=None, logit_rows=None, one_pass_head=False,
                  act_bytes=4, checkpointing=False, shards=1, ddp=False):
     """
     Peak bytes of one training step, by part (a simple count, not a measurement):
@@ -399,7 +399,8 @@ def train_memory(config, batch_size, seq_len, n_params, n_trainable=None, logit_
                    plus the attention matrix when dropout forces the explicit kernel; with
                    activation checkpointing, each block's input plus one block recomputed
       logits       logit_rows x vocab (default every position) held four times at the loss's backward:
-                   the logits, their log-softmax, and the two gradients, in fp32
+                   the logits, their log-softmax, and the two gradients, in fp32; with one_pass_head (the
+                   model's loss on a CPU, model.HeadCrossEntropy) one fp32 chunk of at most 1024 rows
     """
     n_trainable = n_params if n_trainable is None else n_trainable
     state = (4 * n_params + 12 * n_trainable + (4 * n_trainable if ddp else 0)) / shards
@@ -409,7 +410,8 @@ def train_memory(config, batch_size, seq_len, n_params, n_trainable=None, logit_
         per_block += 3 * batch_size * config.n_head * seq_len * seq_len
     blocks = (config.n_layer + 17) * tokens * config.n_embd if checkpointing else config.n_layer * per_block
     activations = (blocks + 3 * tokens * config.n_embd) * act_bytes  # + embeddings and the final LayerNorm
-    logits = 16 * (tokens if logit_rows is None else logit_rows) * config.vocab_size
+    rows = tokens if logit_rows is None else logit_rows
+    logits = (4 * min(rows, 1024) if one_pass_head else 16 * rows) * config.vocab_size
     return dict(state=state, activations=activations, logits=logits)
 
 

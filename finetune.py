@@ -37,7 +37,7 @@ from data.tasks import NLG_TASKS, TASKS, encode_example, load_examples, load_gro
 from decode import decode_groups
 from flops import train_flops
 from hf import load_any
-from model import decay_groups, linear_lr
+from model import decay_groups, fused_adamw, linear_lr
 from related.softprompt import setup_soft_prompt
 
 DEFAULTS = dict(
@@ -190,7 +190,7 @@ def finetune(cfg, model, masks, train, val, device, pretrain_sparsity, prompt=No
         groups.append(dict(params=[prompt], weight_decay=0.0, base_lr=prompt_lr))
     groups = [g for g in groups if g["params"]]
     trainable = [p for g in groups for p in g["params"]]
-    optimizer = torch.optim.AdamW(groups, lr=cfg["learning_rate"])
+    optimizer = torch.optim.AdamW(groups, lr=cfg["learning_rate"], fused=fused_adamw(device))
     step_masks = {} if cfg["kernel"] == "csr" else masks  # csr: nothing left to mask
     sp.mask_optimizer_state(optimizer, model, step_masks)
     n_prompt = 0 if prompt is None else prompt.size(0)

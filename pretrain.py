@@ -220,7 +220,7 @@ def main(argv):
     mcfg, block_size = model.config, model.config.block_size
     check_memory(model, device, cfg["batch_size"], block_size, show=master,
                  checkpointing=cfg["activation_checkpointing"], shards=world if cfg["fsdp"] else 1,
-                 ddp=world > 1 and not cfg["fsdp"],
+                 ddp=world > 1 and not cfg["fsdp"], one_pass_head=torch.device(device).type == "cpu",
                  hint="lower --batch_size and raise --gradient_accumulation_steps (the same tokens per step)")
     model.to(device)
     masks = sp.masks_to(masks, device)

@@ -5,7 +5,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from finetune import completion_loss
 from flops import forward_flops, num_params
-from model import GPT, PRESETS, GPTConfig
+from model import GPT, PRESETS, GPTConfig, HeadCrossEntropy
 
 
 def meta_model(name):
@@ -142,3 +142,31 @@ def test_activation_checkpointing_recomputes_blocks_with_the_same_loss_and_gradi
     assert ac_loss == pytest.approx(loss, abs=1e-6)
     for name, grad in grads.items():
         torch.testing.assert_close(ac_grads[name], grad, atol=1e-6, rtol=0, msg=name)
+
+
+@pytest.mark.parametrize("scale", [1.0, 0.25])  # loss.backward(), and a quarter of it (4 accumulated micro-batches)
+def test_lm_head_loss_in_one_pass_matches_cross_entropy_of_the_logits(monkeypatch, scale):
+    monkeypatch.setattr(HeadCrossEntropy, "CHUNK", 7)  # 20 tokens: chunks of 7, 7 and 6
+    torch.manual_seed(0)
+    x, w, targets = torch.randn(20, 16), torch.randn(50, 16), torch.randint(0, 50, (20,))
+    x[3] *= 40  # logits far from 0: the max-subtraction must keep exp finite
+    x1, w1, x2, w2 = (t.clone().requires_grad_() for t in (x, w, x, w))
+    ref = torch.nn.functional.cross_entropy(x1 @ w1.T, targets)
+    (ref * scale).backward()
+    loss = HeadCrossEntropy.apply(x2, w2, targets)
+    (loss * scale).backward()
+    assert torch.isfinite(ref) and loss.item() == pytest.approx(ref.item(), rel=1e-6)
+    torch.testing.assert_close(x2.grad, x1.grad, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(w2.grad, w1.grad, rtol=1e-5, atol=1e-7)
+
+
+def test_training_loss_on_a_cpu_is_the_mean_cross_entropy_of_the_eval_logits():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=16, vocab_size=100, n_layer=1, n_head=2, n_embd=32))
+    idx, targets = torch.randint(0, 100, (2, 16)), torch.randint(0, 100, (2, 16))
+    with torch.no_grad():
+        logits, eval_loss = model(idx, targets)
+    logits_then, loss = model(idx, targets)  # grad enabled: the one-pass head, which keeps no logits
+    assert logits_then is None and loss.requires_grad
+    expected = torch.nn.functional.cross_entropy(logits.view(-1, 100), targets.view(-1))
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6) and eval_loss.item() == pytest.approx(expected.item(), rel=1e-6)

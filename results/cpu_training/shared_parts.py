@@ -1,6 +1,6 @@
 """The parts of a gpt2-small step (4 x 256 tokens, fp32, 2 threads) that dense and csr share, each timed in
 the layouts torch offers: what could make both faster, and so lift csr's ratio at 90 %; and the masked path's
-mask upkeep (csr has none). Best of 7.
+mask upkeep (csr has none); and AdamW's two implementations. Best of 7.
 
     python results/cpu_training/shared_parts.py
 """
@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))  # the repository root
+from model import HeadCrossEntropy  # noqa: E402
 from tools import kernel_bench  # noqa: E402
 
 torch.set_num_threads(2)
@@ -43,6 +44,15 @@ xg, wg = x.clone().requires_grad_(), w.clone().requires_grad_()
 print("LM head + cross-entropy, forward+backward (the faster forward layout end to end):")
 print(f"  as the model                                     {best_ms(lambda: F.cross_entropy(F.linear(xg, wg), target).backward(), 5):7.1f} ms")
 print(f"  logits computed transposed                       {best_ms(lambda: F.cross_entropy((wg @ xg.t()).t(), target).backward(), 5):7.1f} ms")
+print(f"  in one pass (model.HeadCrossEntropy, the model)  {best_ms(lambda: HeadCrossEntropy.apply(xg, wg, target).backward(), 5):7.1f} ms")
+
+print("AdamW over gpt2-small's 124 M parameters, one step:")
+params = [torch.zeros(n, requires_grad=True) for n in (V * C, 1024 * C, 85 * 10**6, 10**5)]
+for p in params:
+    p.grad = torch.randn_like(p)
+for name, fused in [("per tensor (torch's default on a CPU)", False), ("fused (model.configure_optimizer)", True)]:
+    opt = torch.optim.AdamW(params, lr=1e-4, fused=fused)
+    print(f"  {name:40s} {best_ms(opt.step):6.1f} ms")
 
 q, k, v = (torch.randn(4, H, T, C // H, requires_grad=True) for _ in range(3))
 dy = torch.randn(4, H, T, C // H)
