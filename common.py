@@ -388,8 +388,8 @@ def _gb(n):
     return f"{n / 1e6:.0f} MB" if n < 1e9 else f"{n / 1e9:.1f} GB" if n < 1e12 else f"{n / 1e12:.1f} TB"
 
 
-def train_memory(config, batch_size, seq_len, n_params, n_trainable=None, logit_rows=None, one_pass_head=False,
-                 act_bytes=4, checkpointing=False, shards=1, ddp=False):
+def train_memory(config, batch_size, seq_len, n_params, n_trainable=None, logit_rows=None,
+                 one_pass_head=False, act_bytes=4, checkpointing=False, shards=1, ddp=False):
     """
     Peak bytes of one training step, by part (a simple count, not a measurement):
       state        weights (4 B), and per trainable parameter its gradient (4 B) and AdamW's two

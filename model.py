@@ -204,8 +204,9 @@ class GPT(nn.Module):
         """
         idx (B, T) token ids. With targets, also returns the mean cross-entropy over all positions
         (finetune.completion_loss counts completion tokens only); when that loss will be backpropagated
-        on a CPU, the logits are not kept and None is returned in their place (HeadCrossEntropy). kv_caches: one [k, v, n] list per layer,
-        filled in place during generation; pos_offset is the number of positions already cached.
+        in fp32 on a CPU, the logits are not kept and None stands in their place (HeadCrossEntropy).
+        kv_caches: one [k, v, n] list per layer, filled in place during generation; pos_offset is the
+        number of positions already cached.
         prefix_embeds (B or 1, N, n_embd): a soft prompt (finetune.py), N vectors that take
         positions pos_offset.. before the tokens; logits (and loss) cover the T tokens only.
         positions (B, T) bool, without targets: logits (K, vocab) at the K True positions only; the
@@ -229,7 +230,7 @@ class GPT(nn.Module):
             x = x[positions]
         if targets is None:
             return self.lm_head(x), None
-        if x.device.type == "cpu" and torch.is_grad_enabled():  # CUDA: bf16 logits and a fused loss kernel
+        if x.device.type == "cpu" and x.dtype == torch.float32 and torch.is_grad_enabled():  # CUDA: fused bf16
             return None, HeadCrossEntropy.apply(x.reshape(-1, x.size(-1)), self.lm_head.weight, targets.reshape(-1))
         logits = self.lm_head(x)
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), reduction="none")
