@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from model import HeadCrossEntropy
+
 ROOT = Path(__file__).resolve().parent
 
 
@@ -400,7 +402,7 @@ def train_memory(config, batch_size, seq_len, n_params, n_trainable=None, logit_
                    activation checkpointing, each block's input plus one block recomputed
       logits       logit_rows x vocab (default every position) held four times at the loss's backward:
                    the logits, their log-softmax, and the two gradients, in fp32; with one_pass_head (the
-                   model's loss on a CPU, model.HeadCrossEntropy) one fp32 chunk of at most 1024 rows
+                   model's loss on a CPU, model.HeadCrossEntropy) one fp32 chunk of at most CHUNK rows
     """
     n_trainable = n_params if n_trainable is None else n_trainable
     state = (4 * n_params + 12 * n_trainable + (4 * n_trainable if ddp else 0)) / shards
@@ -411,7 +413,7 @@ def train_memory(config, batch_size, seq_len, n_params, n_trainable=None, logit_
     blocks = (config.n_layer + 17) * tokens * config.n_embd if checkpointing else config.n_layer * per_block
     activations = (blocks + 3 * tokens * config.n_embd) * act_bytes  # + embeddings and the final LayerNorm
     rows = tokens if logit_rows is None else logit_rows
-    logits = (4 * min(rows, 1024) if one_pass_head else 16 * rows) * config.vocab_size
+    logits = (4 * min(rows, HeadCrossEntropy.CHUNK) if one_pass_head else 16 * rows) * config.vocab_size
     return dict(state=state, activations=activations, logits=logits)
 
 

@@ -140,12 +140,12 @@ class HeadCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, targets):  # x (N, C), weight (vocab, C), targets (N,)
-        n = x.size(0)
+        n, chunk = x.size(0), HeadCrossEntropy.CHUNK
         dx = torch.empty_like(x) if ctx.needs_input_grad[0] else None
         dw = torch.zeros_like(weight) if ctx.needs_input_grad[1] else None
         loss = torch.zeros((), dtype=torch.float32)
-        for s in range(0, n, HeadCrossEntropy.CHUNK):
-            xc, tc = x[s:s + HeadCrossEntropy.CHUNK], targets[s:s + HeadCrossEntropy.CHUNK]
+        for s in range(0, n, chunk):
+            xc, tc = x[s:s + chunk], targets[s:s + chunk]
             cols = torch.arange(len(tc))
             logits = weight @ xc.T  # (vocab, chunk)
             top, picked = logits.amax(0), logits[tc, cols]
@@ -155,7 +155,7 @@ class HeadCrossEntropy(torch.autograd.Function):
             probs.mul_(1 / (total * n))  # d(mean loss)/d(logits) = (softmax - one_hot(target)) / n
             probs[tc, cols] -= 1 / n
             if dx is not None:
-                torch.mm(probs.T, weight, out=dx[s:s + HeadCrossEntropy.CHUNK])
+                torch.mm(probs.T, weight, out=dx[s:s + chunk])
             if dw is not None:
                 dw.addmm_(probs, xc)
         ctx.save_for_backward(dx, dw)
@@ -164,7 +164,8 @@ class HeadCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         # loss.backward() passes exactly 1: no 150 MB multiply then (gradient accumulation passes 1/steps)
-        scale = lambda g: g if g is None or grad.item() == 1 else g * grad
+        one = grad.item() == 1
+        scale = lambda g: g if g is None or one else g * grad
         dx, dw = ctx.saved_tensors
         return scale(dx), scale(dw), None
 
